@@ -1,0 +1,21 @@
+"""Synced tables between Delta Lake and PostgreSQL, run as a Dagster code location.
+
+The core (spec, lake, transform, postgres, sync) knows nothing of Dagster; `defs/` is the shell.
+"""
+
+from typing import Any
+
+__all__ = ["defs"]
+
+
+def __getattr__(name: str) -> Any:
+    # Dagster finds `defs` through dir()/getattr; loading it lazily keeps the CLI and core light.
+    if name == "defs":
+        from reverse_etl_assets.definitions import defs
+
+        return defs
+    raise AttributeError(name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "defs"])

@@ -1,0 +1,1 @@
+"""The Delta side: open a source, pin a version, stream its rows."""

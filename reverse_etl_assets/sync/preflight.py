@@ -1,0 +1,65 @@
+"""Check a synced table against its Delta source before anything is written.
+
+Keys, indexes, types, names and (for incremental modes) the Change Data Feed; one message each.
+"""
+
+from __future__ import annotations
+
+from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.lake.source import SourceSnapshot
+from reverse_etl_assets.postgres.names import MAX_NAME_BYTES
+from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.transform.types import PgColumn, pg_columns
+
+CDF_COLUMNS = frozenset({"_change_type", "_commit_version", "_commit_timestamp"})
+
+
+def check_source(table: SyncedTable, source: SourceSnapshot) -> tuple[PgColumn, ...]:
+    """The Postgres columns of `table`, or a SpecError saying what to fix."""
+    where = f"synced table {table.name!r}"
+    names = source.schema.names
+    for name in names:
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise SpecError(
+                f"{where}: source column {name!r} is longer than {MAX_NAME_BYTES} bytes, the "
+                "Postgres limit; rename it in the source (or a view of it)"
+            )
+        if name in CDF_COLUMNS:
+            raise SpecError(
+                f"{where}: source column {name!r} collides with a Change Data Feed column; "
+                "rename it in the source"
+            )
+    for field, columns in (
+        ("primary_key", table.primary_key),
+        ("timeseries_key", (table.timeseries_key,) if table.timeseries_key else ()),
+        *((f"indexes[{i}]", ix) for i, ix in enumerate(table.indexes)),
+    ):
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise SpecError(
+                f"{where}: `{field}` names column(s) {missing} that the source {table.source} "
+                f"does not have; its columns are {names}"
+            )
+    columns = pg_columns(source.schema, table=table.name)
+    by_name = {c.name: c for c in columns}
+    for key in table.primary_key:
+        if by_name[key].ddl == "jsonb":
+            raise SpecError(
+                f"{where}: `primary_key` column {key!r} is an array/map/struct; "
+                "a key must be a scalar column"
+            )
+    if table.mode != "snapshot" and not source.cdf_enabled:
+        raise SpecError(enable_cdf_message(table))
+    return columns
+
+
+def enable_cdf_message(table: SyncedTable) -> str:
+    """Why an incremental table needs the Change Data Feed, and the exact ways to turn it on."""
+    return (
+        f"synced table {table.name!r}: `mode: {table.mode}` reads the Delta Change Data Feed, "
+        f"which is not enabled on source {table.source}. Enable it with "
+        f"`reverse-etl enable-cdf {table.source}`, or in SQL: ALTER TABLE <source> SET "
+        "TBLPROPERTIES (delta.enableChangeDataFeed = true), or in Python: "
+        f"DeltaTable({table.source_uri!r}).alter.set_table_properties("
+        "{'delta.enableChangeDataFeed': 'true'}); or use `mode: snapshot`"
+    )

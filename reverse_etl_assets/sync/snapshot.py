@@ -1,0 +1,153 @@
+"""Snapshot sync: copy a Delta table at one pinned version into Postgres and swap it in.
+
+The checkpoint commits in the swap transaction, so Postgres equals Delta at exactly one version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pyarrow as pa
+
+from reverse_etl_assets import states
+from reverse_etl_assets.lake.source import SourceSnapshot, open_source, read_batches
+from reverse_etl_assets.postgres import state
+from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
+from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.sync.lock import table_lock
+from reverse_etl_assets.sync.preflight import check_source
+from reverse_etl_assets.transform.cleaning import apply_invalid_characters, drop_null_keys
+from reverse_etl_assets.transform.types import PgColumn, to_wire
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncResult:
+    """What one sync did, for status, logs and Dagster metadata."""
+
+    name: str
+    mode: str
+    path: str
+    version: int
+    rows: int
+    skipped_null_keys: int
+    seconds: float
+    reason: str = ""
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows landed per wall-clock second."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def sync_snapshot(
+    table: SyncedTable, dsn: str, *, reason: str = "", on_progress: Progress | None = None
+) -> SyncResult:
+    """Copy the source's latest version into Postgres, swapped in atomically with the checkpoint."""
+    started = time.monotonic()
+    with connect(dsn, autocommit=True) as conn:
+        state.ensure_state_table(conn)
+        with table_lock(conn, table.name):
+            previous = state.read_state(conn, table.name)
+            if previous is None or previous.last_synced_version is None:
+                _record(conn, table, states.PROVISIONING_INITIAL_SNAPSHOT, "initial snapshot")
+            try:
+                source = open_source(table.source_uri, storage_options=table.storage_options)
+                columns = check_source(table, source)
+                result = load_snapshot(
+                    table, dsn, source, columns, reason=reason, on_progress=on_progress
+                )
+            except Exception as exc:
+                record_failure(conn, table, exc)
+                raise
+    return SyncResult(**{**result.__dict__, "seconds": time.monotonic() - started})
+
+
+def load_snapshot(
+    table: SyncedTable,
+    dsn: str,
+    source: SourceSnapshot,
+    columns: tuple[PgColumn, ...],
+    *,
+    reason: str = "",
+    on_progress: Progress | None = None,
+) -> SyncResult:
+    """Load `source` (pinned) into the synced table and write the checkpoint in the swap."""
+    started = time.monotonic()
+    skipped = [0]
+    expected = source.rows()
+
+    def wire_batches() -> Iterator[pa.RecordBatch]:
+        for batch in read_batches(source):
+            batch, nulls = drop_null_keys(batch, table.primary_key)
+            skipped[0] += nulls
+            batch = to_wire(batch, columns)
+            yield apply_invalid_characters(
+                batch,
+                columns,
+                policy=table.on_invalid_characters,
+                table=table.name,
+                key=table.primary_key,
+            )
+
+    def checkpoint(conn: psycopg.Connection, rows: int) -> None:
+        state.save_checkpoint(
+            conn,
+            name=table.name,
+            source=table.source,
+            mode=table.mode,
+            table_id=source.table_id,
+            version=source.version,
+            rows=rows,
+            skipped_null_keys=skipped[0],
+            state=states.ONLINE_NO_PENDING_UPDATE,
+            message=reason,
+        )
+
+    rows = replace_table(
+        dsn,
+        TableTarget(
+            schema=table.pg_schema,
+            table=table.pg_table,
+            primary_key=table.primary_key,
+            indexes=table.indexes,
+            timeseries_key=table.timeseries_key,
+            readers=table.readers,
+            max_connections=table.max_connections,
+            label=table.name,
+        ),
+        columns,
+        wire_batches(),
+        expected_rows=expected,
+        in_swap=checkpoint,
+        on_progress=None if on_progress is None else lambda done: on_progress(done, expected),
+    )
+    return SyncResult(
+        name=table.name,
+        mode=table.mode,
+        path="snapshot",
+        version=source.version,
+        rows=rows,
+        skipped_null_keys=skipped[0],
+        seconds=time.monotonic() - started,
+        reason=reason,
+    )
+
+
+def record_failure(conn: psycopg.Connection, table: SyncedTable, exc: Exception) -> None:
+    """Mark the table failed: online if Postgres still serves a good version, else offline."""
+    previous = state.read_state(conn, table.name)
+    serving = previous is not None and previous.last_synced_version is not None
+    failed = states.ONLINE_PIPELINE_FAILED if serving else states.OFFLINE_FAILED
+    _record(conn, table, failed, str(exc))
+
+
+def _record(conn: psycopg.Connection, table: SyncedTable, detailed: str, message: str) -> None:
+    state.record_state(
+        conn, name=table.name, source=table.source, mode=table.mode, state=detailed, message=message
+    )

@@ -1,0 +1,1 @@
+"""Arrow/polars transforms between the lake reader and the Postgres writer."""

@@ -1,0 +1,77 @@
+"""Row-level rules applied to every batch before it is written: NULL keys and NUL bytes.
+
+All of it is vectorized (Arrow compute); a violation names the table, the column and a sample key.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reverse_etl_assets.errors import DataError
+from reverse_etl_assets.transform.types import PgColumn
+
+# A JSON \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
+_JSON_NUL = r"(?:^|[^\\])(?:\\\\)*\\u0000"
+_JSON_NUL_CAPTURE = r"((?:^|[^\\])(?:\\\\)*)\\u0000"
+
+
+def drop_null_keys(batch: pa.RecordBatch, key: tuple[str, ...]) -> tuple[pa.RecordBatch, int]:
+    """Remove rows with a NULL in any key column; return the rest and how many were removed."""
+    valid: pa.Array | None = None
+    for name in key:
+        column_valid = pc.is_valid(batch.column(name))
+        valid = column_valid if valid is None else pc.and_(valid, column_valid)
+    if valid is None:
+        return batch, 0
+    kept = pc.sum(valid).as_py() or 0
+    if kept == batch.num_rows:
+        return batch, 0
+    return batch.filter(valid), batch.num_rows - kept
+
+
+def apply_invalid_characters(
+    batch: pa.RecordBatch,
+    columns: tuple[PgColumn, ...],
+    *,
+    policy: str,
+    table: str,
+    key: tuple[str, ...],
+) -> pa.RecordBatch:
+    """Postgres text and jsonb cannot hold NUL (0x00): fail naming column and key, or strip it."""
+    arrays = list(batch.columns)
+    changed = False
+    for i, column in enumerate(columns):
+        if column.wire not in ("text", "json"):
+            continue
+        array = arrays[i]
+        pattern = _JSON_NUL if column.wire == "json" else "\x00"
+        if column.wire == "json":
+            hits = pc.match_substring_regex(array, pattern)
+        else:
+            hits = pc.match_substring(array, pattern)
+        if not pc.any(hits).as_py():
+            continue
+        if policy == "fail":
+            row = pc.index(hits, True).as_py()
+            sample = {k: batch.column(k)[row].as_py() for k in key}
+            count = pc.sum(hits).as_py()
+            raise DataError(
+                f"synced table {table!r}: column {column.name!r} holds a NUL byte (0x00) in "
+                f"{count} row(s) of this batch, e.g. key {sample}; Postgres text cannot store it. "
+                "Clean the source, or set `on_invalid_characters: strip` to remove NUL bytes"
+            )
+        arrays[i] = _strip(array, json=column.wire == "json")
+        changed = True
+    if not changed:
+        return batch
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+def _strip(array: pa.Array, *, json: bool) -> pa.Array:
+    if not json:
+        return pc.replace_substring(array, "\x00", "")
+    # Adjacent escapes overlap the capture; a few passes remove runs of them.
+    while pc.any(pc.match_substring_regex(array, _JSON_NUL)).as_py():
+        array = pc.replace_substring_regex(array, _JSON_NUL_CAPTURE, r"\1")
+    return array
