@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from reverse_etl_assets.errors import SourceError, TransientError
 
-BATCH_ROWS = 131_072
+BATCH_ROWS = 65_536
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,15 +71,41 @@ def latest_version(uri: str, *, storage_options: dict[str, str]) -> int:
     return open_source(uri, storage_options=storage_options).version
 
 
-def read_batches(snapshot: SourceSnapshot, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Stream the pinned version's rows; memory stays bounded by a few batches."""
+def read_batches(
+    snapshot: SourceSnapshot, *, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Stream the pinned version's rows, one data file at a time, page by page.
+
+    Reading files with a buffered stream (not the dataset scanner, which pre-buffers whole row
+    groups) keeps memory to a few batches whatever the file and row-group sizes.
+    """
     dataset: pads.Dataset = snapshot.table.to_pyarrow_dataset()
+    schema = dataset.schema
     try:
-        for batch in dataset.to_batches(batch_size=batch_rows, batch_readahead=2, fragment_readahead=1):
-            if batch.num_rows:
-                yield batch
+        for fragment in dataset.get_fragments():
+            partition = pads.get_partition_keys(fragment.partition_expression)
+            with fragment.filesystem.open_input_file(fragment.path) as handle:
+                parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
+                in_file = [n for n in schema.names if n not in partition]
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=in_file):
+                    if batch.num_rows:
+                        yield _conform(batch, schema, partition)
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(
             f"reading Delta table {snapshot.uri} at version {snapshot.version} failed: {exc}. "
-            "If files were vacuumed, sync again to read the latest version"
+            "If its files were vacuumed or rewritten, sync again to read the latest version"
         ) from exc
+
+
+def _conform(
+    batch: pa.RecordBatch, schema: pa.Schema, partition: dict[str, object]
+) -> pa.RecordBatch:
+    """A file's batch in the table's schema: partition values added, columns ordered and typed."""
+    arrays = []
+    for field in schema:
+        if field.name in partition:
+            arrays.append(pa.array([partition[field.name]] * batch.num_rows, field.type))
+        else:
+            column = batch.column(field.name)
+            arrays.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -60,9 +60,9 @@ def replace_table(
         control.execute(ddl.create_table(schema, staging, columns))
         try:
             workers = _connections_for(expected_rows, target.max_connections)
-            _parallel_copy(dsn, schema, staging, columns, batches, workers, on_progress)
-            index_renames = _build_indexes(control, target, staging)
-            rows = _count(control, schema, staging)
+            sent = _parallel_copy(dsn, schema, staging, columns, batches, workers, on_progress)
+            index_renames, dropped = _build_indexes(control, target, staging)
+            rows = sent - dropped
             control.execute(psycopg.sql.SQL("ANALYZE {}").format(ddl.qualified(schema, staging)))
             plan = SwapPlan(
                 schema=schema,
@@ -94,7 +94,7 @@ def _parallel_copy(
     batches: Iterable[pa.RecordBatch],
     workers: int,
     on_progress: Callable[[int], None] | None,
-) -> None:
+) -> int:
     """Encode batches here and stream them to `workers` COPY connections; first error wins."""
     chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=workers * 2)
     failures: list[BaseException] = []
@@ -135,17 +135,23 @@ def _parallel_copy(
             thread.join()
     if failures:
         raise failures[0]
+    return rows
 
 
 def _build_indexes(
     conn: psycopg.Connection, target: TableTarget, staging: str
-) -> tuple[tuple[str, str], ...]:
+) -> tuple[tuple[tuple[str, str], ...], int]:
+    """Key and indexes on the loaded table; returns (staging -> final index names, rows dropped)."""
     schema = target.schema
     renames: list[tuple[str, str]] = []
+    dropped = 0
     conn.execute("SET maintenance_work_mem = '256MB'")
     if target.primary_key:
         if target.timeseries_key:
-            conn.execute(ddl.keep_latest(schema, staging, target.primary_key, target.timeseries_key))
+            cur = conn.execute(
+                ddl.keep_latest(schema, staging, target.primary_key, target.timeseries_key)
+            )
+            dropped = max(cur.rowcount, 0)
         pkey = names.primary_key_name(staging)
         try:
             conn.execute(ddl.add_primary_key(schema, staging, pkey, target.primary_key))
@@ -156,7 +162,7 @@ def _build_indexes(
         staging_index = names.index_name(staging, columns)
         conn.execute(ddl.create_index(schema, staging, staging_index, columns))
         renames.append((staging_index, names.index_name(target.table, columns)))
-    return tuple(renames)
+    return tuple(renames), dropped
 
 
 def _duplicate_error(conn: psycopg.Connection, target: TableTarget, staging: str) -> DataError:
@@ -173,11 +179,6 @@ def _duplicate_error(conn: psycopg.Connection, target: TableTarget, staging: str
         f"synced table {target.label!r}: duplicate primary key {list(target.primary_key)} in the "
         f"source, e.g. {samples}; {hint}. Nothing was changed in Postgres"
     )
-
-
-def _count(conn: psycopg.Connection, schema: str, table: str) -> int:
-    row = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(ddl.qualified(schema, table))).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _drop_quietly(dsn: str, schema: str, staging: str) -> None:
