@@ -1,6 +1,7 @@
 """Synced tables between Delta Lake and PostgreSQL, run as a Dagster code location.
 
-The core (spec, lake, transform, postgres, sync) knows nothing of Dagster; `defs/` is the shell.
+The core (spec, lake, transform, postgres, sync) knows nothing of Dagster; `orchestration/` is the
+Dagster shell. `defs` is built from the spec when Dagster first asks for it, not at import.
 """
 
 from typing import Any
@@ -11,11 +12,12 @@ __all__ = ["defs"]
 def __getattr__(name: str) -> Any:
     # Dagster finds `defs` through dir()/getattr; loading it lazily keeps the CLI and core light.
     if name == "defs":
-        from reverse_etl_assets.definitions import defs
+        from reverse_etl_assets.definitions import load_definitions
 
-        return defs
+        globals()["defs"] = load_definitions()
+        return globals()["defs"]
     raise AttributeError(name)
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "defs"])
+    return sorted({*globals(), "defs"})

@@ -1,6 +1,6 @@
 """Errors the pipeline raises on purpose, each saying what happened and what to do.
 
-`terminal` tells whether a retry can help: a bad spec or bad data needs a human, a lock timeout does not.
+`terminal` tells whether a retry can help: bad spec or bad data needs a human, a lock wait does not.
 """
 
 from __future__ import annotations

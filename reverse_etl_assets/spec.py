@@ -97,7 +97,7 @@ class Spec:
 
 
 def load_spec(path: Path) -> Spec:
-    """Read and check the spec file at `path`; every problem is a SpecError naming table and field."""
+    """Read and check the spec file; every problem is a SpecError naming table and field."""
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
@@ -207,7 +207,9 @@ def _parse_table(entry: Any, index: int, lake_root: str, path: Path) -> SyncedTa
             raise SpecError(f"{where}: `schedule` applies to snapshot and triggered tables only")
     on_invalid = entry.get("on_invalid_characters", "fail")
     if on_invalid not in ("fail", "strip"):
-        raise SpecError(f"{where}: `on_invalid_characters` must be fail or strip, got {on_invalid!r}")
+        raise SpecError(
+            f"{where}: `on_invalid_characters` must be fail or strip, got {on_invalid!r}"
+        )
     threshold = _number(entry, "full_refresh_threshold", 0.1, where)
     if not 0 <= threshold <= 1:
         raise SpecError(f"{where}: `full_refresh_threshold` must be between 0 and 1")
@@ -276,5 +278,5 @@ def _check_cron(schedule: Any, where: str) -> None:
     fields = schedule.split() if isinstance(schedule, str) else []
     if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,\-A-Za-z?]+", f) for f in fields):
         raise SpecError(
-            f"{where}: `schedule` must be a 5-field cron string like \"0 * * * *\", got {schedule!r}"
+            f'{where}: `schedule` must be a 5-field cron string like "0 * * * *", got {schedule!r}'
         )

@@ -59,7 +59,7 @@ def open_source(
     return SourceSnapshot(
         uri=uri,
         version=table.version(),
-        table_id=metadata.id,
+        table_id=str(metadata.id),
         schema=pa.schema(table.schema().to_arrow()),
         cdf_enabled=config.get("delta.enableChangeDataFeed", "false").lower() == "true",
         table=table,

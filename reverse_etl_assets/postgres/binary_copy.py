@@ -6,19 +6,23 @@ The encoder is configured from the type map, so DDL and wire format never disagr
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pgpq
 import psycopg
 import pyarrow as pa
-from pgpq import encoders, schema as pg_schema
+from pgpq import encoders
+from pgpq import schema as pg_schema
 
 from reverse_etl_assets.postgres import ddl
 from reverse_etl_assets.transform.types import PgColumn
 
 
-def new_encoder(wire_schema: pa.Schema, columns: tuple[PgColumn, ...]) -> pgpq.ArrowToPostgresBinaryEncoder:
+def new_encoder(
+    wire_schema: pa.Schema, columns: tuple[PgColumn, ...]
+) -> pgpq.ArrowToPostgresBinaryEncoder:
     """A pgpq encoder for batches already converted by `to_wire`; JSON text goes out as jsonb."""
-    builders = {}
+    builders: dict[str, Any] = {}
     for column, field in zip(columns, wire_schema, strict=True):
         if column.wire == "json":
             builders[field.name] = encoders.LargeStringEncoderBuilder.new_with_output(

@@ -36,14 +36,10 @@ def drop_table(schema: str, table: str) -> sql.Composed:
 def copy_from_stdin(schema: str, table: str, columns: tuple[PgColumn, ...]) -> sql.Composed:
     """COPY ... FROM STDIN in binary format, columns listed in wire order."""
     cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
-    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        qualified(schema, table), cols
-    )
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(qualified(schema, table), cols)
 
 
-def add_primary_key(
-    schema: str, table: str, constraint: str, key: tuple[str, ...]
-) -> sql.Composed:
+def add_primary_key(schema: str, table: str, constraint: str, key: tuple[str, ...]) -> sql.Composed:
     """ALTER TABLE ... ADD CONSTRAINT ... PRIMARY KEY (fails on duplicate or NULL keys)."""
     return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
         qualified(schema, table),
@@ -98,9 +94,7 @@ def duplicate_keys(schema: str, table: str, key: tuple[str, ...], limit: int) ->
     ).format(cols=cols, t=qualified(schema, table), n=sql.Literal(limit))
 
 
-def keep_latest(
-    schema: str, table: str, key: tuple[str, ...], timeseries_key: str
-) -> sql.Composed:
+def keep_latest(schema: str, table: str, key: tuple[str, ...], timeseries_key: str) -> sql.Composed:
     """Delete every row but the latest (by `timeseries_key`) of each key; ties all stay."""
     cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
     return sql.SQL(
@@ -108,3 +102,8 @@ def keep_latest(
         "(PARTITION BY {cols} ORDER BY {ts} DESC NULLS LAST) AS r FROM {t}) ranked "
         "WHERE r > 1) d WHERE s.ctid = d.ctid"
     ).format(t=qualified(schema, table), cols=cols, ts=sql.Identifier(timeseries_key))
+
+
+def select_all(schema: str, table: str) -> sql.Composed:
+    """SELECT * FROM the table."""
+    return sql.SQL("SELECT * FROM {}").format(qualified(schema, table))

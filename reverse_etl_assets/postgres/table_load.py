@@ -73,7 +73,11 @@ def replace_table(
                 label=target.label,
             )
             control.autocommit = False
-            swap_in(control, plan, in_transaction=None if in_swap is None else lambda c: in_swap(c, rows))
+            swap_in(
+                control,
+                plan,
+                in_transaction=None if in_swap is None else lambda c: in_swap(c, rows),
+            )
             return rows
         except BaseException:
             _drop_quietly(dsn, schema, staging)
@@ -108,7 +112,9 @@ def _parallel_copy(
         stream = received()
         try:
             with connect(dsn) as conn, conn.cursor() as cur:
-                binary_copy.copy_rows(cur, schema=schema, table=table, columns=columns, chunks=stream)
+                binary_copy.copy_rows(
+                    cur, schema=schema, table=table, columns=columns, chunks=stream
+                )
                 conn.commit()
         except BaseException as exc:  # handed to the main thread, which raises it
             failures.append(exc)
@@ -166,7 +172,9 @@ def _build_indexes(
 
 
 def _duplicate_error(conn: psycopg.Connection, target: TableTarget, staging: str) -> DataError:
-    rows = conn.execute(ddl.duplicate_keys(target.schema, staging, target.primary_key, 5)).fetchall()
+    rows = conn.execute(
+        ddl.duplicate_keys(target.schema, staging, target.primary_key, 5)
+    ).fetchall()
     samples = ", ".join(
         f"{dict(zip(target.primary_key, row[:-1], strict=True))} x{row[-1]}" for row in rows
     )

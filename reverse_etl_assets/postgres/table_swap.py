@@ -42,7 +42,9 @@ def swap_in(
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
+                )
                 _swap(conn, plan)
                 if in_transaction is not None:
                     in_transaction(conn)
@@ -65,7 +67,9 @@ def _swap(conn: psycopg.Connection, plan: SwapPlan) -> None:
     views: list[tuple[str, str, str]] = []
     acl: list[tuple[str | None, str]] = []
     if live is not None:
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(ddl.qualified(schema, table)))
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(ddl.qualified(schema, table))
+        )
         views = _dependent_views(conn, live, plan.label)
         acl = _grants(conn, live)
         retired = names.retired_table(table)

@@ -29,12 +29,12 @@ def check_source(table: SyncedTable, source: SourceSnapshot) -> tuple[PgColumn, 
                 f"{where}: source column {name!r} collides with a Change Data Feed column; "
                 "rename it in the source"
             )
-    for field, columns in (
+    for field, named in (
         ("primary_key", table.primary_key),
         ("timeseries_key", (table.timeseries_key,) if table.timeseries_key else ()),
         *((f"indexes[{i}]", ix) for i, ix in enumerate(table.indexes)),
     ):
-        missing = [c for c in columns if c not in names]
+        missing = [c for c in named if c not in names]
         if missing:
             raise SpecError(
                 f"{where}: `{field}` names column(s) {missing} that the source {table.source} "

@@ -98,7 +98,7 @@ def _map_type(t: pa.DataType) -> tuple[str, Wire, pa.DataType | None] | None:
 
 
 def to_wire(batch: pa.RecordBatch, columns: tuple[PgColumn, ...]) -> pa.RecordBatch:
-    """Convert a batch to the arrays the binary encoder sends (casts, JSON text for nested types)."""
+    """Convert a batch to the arrays the binary encoder sends (casts, JSON text for nesting)."""
     arrays: list[pa.Array] = []
     for column, array in zip(columns, batch.columns, strict=True):
         if pa.types.is_dictionary(array.type):
@@ -132,7 +132,8 @@ def _jsonable(array: pa.Array) -> pa.Array:
     if pa.types.is_struct(t):
         children = [_jsonable(array.field(i)) for i in range(t.num_fields)]
         return pa.StructArray.from_arrays(
-            children, fields=[pa.field(t.field(i).name, c.type) for i, c in enumerate(children)],
+            children,
+            fields=[pa.field(t.field(i).name, c.type) for i, c in enumerate(children)],
             mask=array.is_null(),
         )
     if pa.types.is_map(t):

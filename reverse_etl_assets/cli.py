@@ -1,0 +1,148 @@
+"""`reverse-etl`: validate the spec, sync now, and show status, from a terminal or a script.
+
+Reads the same spec and env vars as the Dagster code location and runs the same core code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from reverse_etl_assets import settings
+from reverse_etl_assets.errors import ReverseEtlError
+from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.postgres import state
+from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.spec import Spec, load_spec
+from reverse_etl_assets.sync.preflight import check_source
+from reverse_etl_assets.sync.run import sync_table
+from reverse_etl_assets.sync.status import TableStatus, table_status
+
+STATUS_COLUMNS = (
+    "name",
+    "mode",
+    "detailed_state",
+    "source_version",
+    "last_synced_version",
+    "lag_versions",
+    "rows",
+    "last_sync_time",
+    "message",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ReverseEtlError as exc:
+        retry = "" if exc.terminal else " (transient: a retry may succeed)"
+        print(f"error: {exc}{retry}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reverse-etl", description="Synced tables from Delta Lake to PostgreSQL."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check the spec and every source; no writes")
+    validate.set_defaults(run=_validate)
+
+    sync = commands.add_parser("sync", help="sync a table now (the same code as the asset)")
+    target = sync.add_mutually_exclusive_group(required=True)
+    target.add_argument("name", nargs="?", help="synced table name, e.g. lakebase.gold.users")
+    target.add_argument("--all", action="store_true", help="sync every table of the spec")
+    sync.add_argument("--full-refresh", action="store_true", help="rebuild from a full snapshot")
+    sync.set_defaults(run=_sync)
+
+    status = commands.add_parser("status", help="state, versions and lag of synced tables")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    status.set_defaults(run=_status)
+    return parser
+
+
+def _spec() -> Spec:
+    return load_spec(settings.spec_path())
+
+
+def _validate(args: argparse.Namespace) -> int:
+    spec = _spec()
+    failed = 0
+    for table in spec.synced_tables:
+        try:
+            source = open_source(table.source_uri, storage_options=table.storage_options)
+            columns = check_source(table, source)
+        except ReverseEtlError as exc:
+            failed += 1
+            print(f"FAIL {table.name}: {exc}")
+            continue
+        print(f"ok   {table.name}: {table.source} v{source.version}, {len(columns)} columns")
+    if failed:
+        print(f"{failed} of {len(spec.synced_tables)} synced table(s) invalid", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    spec = _spec()
+    tables = spec.synced_tables if args.all else (spec.table(args.name),)
+    dsn = settings.pg_dsn()
+    failed = 0
+    for table in tables:
+        try:
+            result = sync_table(table, dsn, full_refresh=args.full_refresh)
+        except ReverseEtlError as exc:
+            failed += 1
+            print(f"FAIL {table.name}: {exc}", file=sys.stderr)
+            continue
+        print(
+            f"synced {table.name}: version {result.version}, {result.rows:,} rows "
+            f"({result.path}) in {result.seconds:.2f}s, {result.rows_per_second:,.0f} rows/s"
+            + (
+                f", {result.skipped_null_keys} NULL-key rows skipped"
+                if result.skipped_null_keys
+                else ""
+            )
+        )
+    return 1 if failed else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    spec = _spec()
+    tables = (spec.table(args.name),) if args.name else spec.synced_tables
+    with connect(settings.pg_dsn(), autocommit=True) as conn:
+        state.ensure_state_table(conn)
+        stored = {s.name: s for s in state.read_all_states(conn)}
+    rows = [table_status(t, stored.get(t.name)) for t in tables]
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        print(_format_table(rows))
+    return 0
+
+
+def _format_table(rows: list[TableStatus]) -> str:
+    cells = [[_cell(getattr(r, c)) for c in STATUS_COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(STATUS_COLUMNS)]
+    widths[-1] = len(STATUS_COLUMNS[-1])  # the message runs to the end of the line
+    lines = ["  ".join(c.ljust(w) for c, w in zip(STATUS_COLUMNS, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat(timespec="seconds"))
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

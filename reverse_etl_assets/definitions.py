@@ -1,0 +1,47 @@
+"""Builds the Dagster Definitions from the spec: the only place that wires things together.
+
+`dagster dev` / `dagster asset materialize -m reverse_etl_assets` load it through the package.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from reverse_etl_assets import settings
+from reverse_etl_assets.orchestration.assets import (
+    source_asset,
+    source_asset_key,
+    synced_table_asset,
+)
+from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
+from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.spec import Spec, load_spec
+
+
+def build_definitions(spec: Spec) -> dg.Definitions:
+    """Assets, automation and resources for every synced table of `spec`."""
+    sources: dict[dg.AssetKey, dg.SourceAsset] = {}
+    synced = []
+    for table in spec.synced_tables:
+        sources.setdefault(source_asset_key(table), source_asset(table))
+        synced.append(synced_table_asset(table))
+    scheduled = [dg.AssetKey(t.asset_key_path) for t in spec.synced_tables if t.schedule]
+    sensors = []
+    if scheduled:
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "synced_table_schedules",
+                target=dg.AssetSelection.assets(*scheduled),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+            )
+        )
+    return dg.Definitions(
+        assets=[*sources.values(), *synced],
+        sensors=sensors,
+        resources={"postgres": PostgresTarget(), "postgres_io_manager": PostgresTableIOManager()},
+    )
+
+
+def load_definitions() -> dg.Definitions:
+    """Definitions for the spec named by REVERSE_ETL_SPEC (default: the demo spec)."""
+    return build_definitions(load_spec(settings.spec_path()))

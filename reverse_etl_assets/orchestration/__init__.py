@@ -1,0 +1,1 @@
+"""The Dagster shell: turns the spec into assets, sensors and resources that call the core."""

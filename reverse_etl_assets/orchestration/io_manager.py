@@ -1,0 +1,112 @@
+"""A Postgres IO manager: what an asset returns lands in a Postgres table, swapped in atomically.
+
+Same writer as snapshot syncs (binary COPY into an index-free table, keys built after, one swap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeAlias
+
+import dagster as dg
+import polars as pl
+import pyarrow as pa
+
+from reverse_etl_assets import settings
+from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.postgres import ddl
+from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
+from reverse_etl_assets.transform.cleaning import apply_invalid_characters, drop_null_keys
+from reverse_etl_assets.transform.types import pg_columns, to_wire
+
+Frame: TypeAlias = (
+    pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch]
+)
+
+
+class PostgresTableIOManager(dg.ConfigurableIOManager):
+    """Stores polars DataFrames, Arrow tables or record-batch streams as Postgres tables.
+
+    The table is the asset key's last part, in the schema named by the part before it (or
+    `default_schema`). Output metadata `primary_key` (list of columns) and `indexes` (list of
+    lists) are honoured; rows with a NULL key are skipped and counted.
+    """
+
+    dsn: str = ""
+    default_schema: str = "public"
+
+    def handle_output(self, context: dg.OutputContext, obj: Frame) -> None:
+        """Replace the asset's table with `obj`."""
+        schema, table = self._table(context)
+        meta = context.definition_metadata or {}
+        key = tuple(meta.get("primary_key") or ())
+        indexes = tuple(tuple(ix) for ix in meta.get("indexes") or ())
+        arrow_schema, batches = _batches(obj)
+        label = ".".join(context.asset_key.path)
+        columns = pg_columns(arrow_schema, table=label)
+        missing = [
+            c for c in (*key, *(c for ix in indexes for c in ix)) if c not in arrow_schema.names
+        ]
+        if missing:
+            raise SpecError(
+                f"asset {label!r}: primary_key/indexes name missing column(s) {missing}"
+            )
+        skipped = [0]
+
+        def wire() -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                batch, nulls = drop_null_keys(batch, key)
+                skipped[0] += nulls
+                yield apply_invalid_characters(
+                    to_wire(batch, columns), columns, policy="fail", table=label, key=key
+                )
+
+        rows = replace_table(
+            self._dsn(),
+            TableTarget(schema=schema, table=table, primary_key=key, indexes=indexes, label=label),
+            columns,
+            wire(),
+        )
+        context.add_output_metadata(
+            {
+                "dagster/row_count": rows,
+                "postgres_table": f"{schema}.{table}",
+                "skipped_null_keys": skipped[0],
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        """The upstream asset's table as a polars DataFrame."""
+        schema, table = self._table(context.upstream_output or context)
+        with connect(self._dsn()) as conn:
+            query = ddl.select_all(schema, table).as_string(conn)
+            return pl.read_database(query, connection=conn)
+
+    def _dsn(self) -> str:
+        return self.dsn or settings.pg_dsn()
+
+    def _table(self, context: Any) -> tuple[str, str]:
+        path = list(context.asset_key.path)
+        return (path[-2] if len(path) > 1 else self.default_schema), path[-1]
+
+
+def _batches(obj: Frame) -> tuple[pa.Schema, Iterable[pa.RecordBatch]]:
+    if isinstance(obj, pl.LazyFrame):
+        obj = obj.collect()
+    if isinstance(obj, pl.DataFrame):
+        obj = obj.to_arrow()
+    if isinstance(obj, pa.Table):
+        return obj.schema, obj.to_batches(max_chunksize=65_536)
+    if isinstance(obj, pa.RecordBatchReader):
+        return obj.schema, obj
+    iterator: Iterator[pa.RecordBatch] = iter(obj)
+    first = next(iterator, None)
+    if first is None:
+        raise SpecError("the asset returned an empty stream of record batches (no schema)")
+
+    def chained() -> Iterator[pa.RecordBatch]:
+        yield first
+        yield from iterator
+
+    return first.schema, chained()

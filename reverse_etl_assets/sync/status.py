@@ -1,0 +1,97 @@
+"""The status of synced tables (DESIGN §7): stored state joined with the source's live version.
+
+Pure assembly over what `postgres.state` and `lake.source` return; the CLI and Dagster print it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from reverse_etl_assets import states
+from reverse_etl_assets.errors import ReverseEtlError
+from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.postgres.state import TableState
+from reverse_etl_assets.spec import SyncedTable
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableStatus:
+    """One row of `reverse-etl status`."""
+
+    name: str
+    mode: str
+    detailed_state: str
+    message: str
+    source: str
+    source_version: int | None
+    last_synced_version: int | None
+    last_sync_time: datetime | None
+    rows: int | None
+    lag_versions: int | None
+    lag_seconds: float | None
+    skipped_null_keys: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO 8601 strings)."""
+        data = asdict(self)
+        if self.last_sync_time is not None:
+            data["last_sync_time"] = self.last_sync_time.isoformat()
+        return data
+
+
+def table_status(table: SyncedTable, stored: TableState | None) -> TableStatus:
+    """Status of `table` from its stored state and its source's current version."""
+    source_version: int | None = None
+    source_error = ""
+    commit_times: dict[int, datetime] = {}
+    try:
+        source = open_source(table.source_uri, storage_options=table.storage_options)
+        source_version = source.version
+        if stored is not None and stored.last_synced_version is not None:
+            pending = source_version - stored.last_synced_version
+            if pending > 0:
+                for entry in source.table.history(limit=pending):
+                    commit_times[int(entry["version"])] = datetime.fromtimestamp(
+                        entry["timestamp"] / 1000, tz=UTC
+                    )
+    except ReverseEtlError as exc:
+        source_error = f"source unreadable: {exc}"
+    synced = stored.last_synced_version if stored is not None else None
+    lag = None if source_version is None or synced is None else max(source_version - synced, 0)
+    lag_seconds = None
+    if lag == 0:
+        lag_seconds = 0.0
+    elif lag and synced is not None and (first := commit_times.get(synced + 1)) is not None:
+        lag_seconds = max((datetime.now(tz=UTC) - first).total_seconds(), 0.0)
+    detailed, message = _detailed_state(table, stored, lag)
+    return TableStatus(
+        name=table.name,
+        mode=table.mode,
+        detailed_state=detailed,
+        message="; ".join(m for m in (message, source_error) if m),
+        source=table.source,
+        source_version=source_version,
+        last_synced_version=synced,
+        last_sync_time=stored.last_sync_time if stored is not None else None,
+        rows=stored.rows if stored is not None else None,
+        lag_versions=lag,
+        lag_seconds=lag_seconds,
+        skipped_null_keys=stored.skipped_null_keys if stored is not None else 0,
+    )
+
+
+def _detailed_state(
+    table: SyncedTable, stored: TableState | None, lag: int | None
+) -> tuple[str, str]:
+    if stored is None:
+        return states.OFFLINE, "not synced yet: run `reverse-etl sync " + table.name + "`"
+    if stored.state == states.ONLINE_NO_PENDING_UPDATE and lag:
+        pending = (
+            states.ONLINE_CONTINUOUS_UPDATE
+            if table.mode == "continuous"
+            else (states.ONLINE_TRIGGERED_UPDATE)
+        )
+        return pending, f"{lag} source version(s) not synced yet"
+    return stored.state, stored.message
