@@ -1,0 +1,1 @@
+"""Development tools: the embedded PostgreSQL cluster and the demo Delta Lake."""
