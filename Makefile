@@ -1,0 +1,57 @@
+# Development entry points: `make demo`, `make dev`, `make test`. Everything runs from .venv,
+# which is created and (re)installed whenever pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PG_DATA := data/postgres
+LAKE := data/lake
+DAGSTER_HOME_DIR := $(CURDIR)/data/dagster_home
+
+.PHONY: install demo dev stop test bench lint-fix clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m reverse_etl_assets.dev.demo_lake $(LAKE)
+	$(BIN)/reverse-etl sync --all
+	$(BIN)/reverse-etl status
+
+# The Dagster instance keeps its runs in database `dagster` of the same cluster (dagster.yaml);
+# DAGSTER_PG_* variables already set in the environment take precedence.
+dev: demo
+	mkdir -p $(DAGSTER_HOME_DIR)
+	cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	pg_env="$$($(BIN)/python -m reverse_etl_assets.dev.embedded_postgres env $(PG_DATA))" && \
+	eval "$$pg_env" && \
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+stop:
+	@if [ -x $(BIN)/python ]; then \
+		$(BIN)/python -m reverse_etl_assets.dev.embedded_postgres stop $(PG_DATA); \
+	fi
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy reverse_etl_assets
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m benchmarks.snapshot
+
+lint-fix: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: stop
+	rm -rf $(VENV) $(PG_DATA) $(LAKE) data/dagster_home
