@@ -1,0 +1,61 @@
+"""Small builders shared by the tests: Delta tables in tmp dirs, specs, Postgres reads.
+
+Real components only: deltalake writes the tables, psycopg reads what landed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from deltalake import write_deltalake
+from psycopg import sql
+
+from reverse_etl_assets.spec import Spec, SyncedTable, parse_spec
+
+
+def write_delta(
+    path: Path | str, data: pa.Table, *, mode: str = "append", cdf: bool = True
+) -> None:
+    """Write (or append to) a Delta table, CDF on by default."""
+    configuration = {"delta.enableChangeDataFeed": "true"} if cdf else None
+    write_deltalake(str(path), data, mode=mode, configuration=configuration)  # type: ignore[arg-type]
+
+
+def spec_of(tmp_path: Path, *tables: dict[str, Any], lake_root: Path | None = None) -> Spec:
+    """A Spec built from table mappings as they would appear in the YAML."""
+    raw: dict[str, Any] = {"synced_tables": list(tables)}
+    if lake_root is not None:
+        raw["lake_root"] = str(lake_root)
+    return parse_spec(raw, path=tmp_path / "synced_tables.yaml")
+
+
+def one_table(tmp_path: Path, **entry: Any) -> SyncedTable:
+    """The single synced table of a spec made from `entry`."""
+    entry.setdefault("name", "lakebase.gold.items_synced")
+    return spec_of(tmp_path, entry).synced_tables[0]
+
+
+def fetch(
+    dsn: str, query: str | sql.Composable, params: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
+    """All rows of a query."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+def rows_of(dsn: str, schema: str, table: str, order_by: str) -> list[tuple[Any, ...]]:
+    """Every row of a table, ordered."""
+    return fetch(
+        dsn,
+        sql.SQL("SELECT * FROM {} ORDER BY {}").format(
+            sql.Identifier(schema, table), sql.Identifier(order_by)
+        ),
+    )
+
+
+def table_exists(dsn: str, schema: str, table: str) -> bool:
+    """Whether schema.table exists."""
+    return bool(fetch(dsn, "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}"."{table}"',))[0][0])
