@@ -1,17 +1,50 @@
 """Sync one synced table now: the single entry point the CLI and the Dagster asset call.
 
-Every mode starts from a full snapshot; incremental modes then follow the Change Data Feed.
+Takes the table's lock, reads its checkpoint, picks the path (snapshot or incremental) and
+records the outcome in the state table.
 """
 
 from __future__ import annotations
 
+from reverse_etl_assets import states
+from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.postgres import state
+from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.snapshot import Progress, SyncResult, sync_snapshot
+from reverse_etl_assets.sync.incremental import sync_incremental
+from reverse_etl_assets.sync.lock import table_lock
+from reverse_etl_assets.sync.preflight import check_source
+from reverse_etl_assets.sync.snapshot import Progress, SyncResult, load_snapshot, record_failure
 
 
 def sync_table(
     table: SyncedTable, dsn: str, *, full_refresh: bool = False, on_progress: Progress | None = None
 ) -> SyncResult:
-    """Bring the Postgres table to the source's latest version."""
-    reason = "full refresh requested" if full_refresh else ""
-    return sync_snapshot(table, dsn, reason=reason, on_progress=on_progress)
+    """Bring the Postgres table to the source's latest version, exactly once per version."""
+    with connect(dsn, autocommit=True) as conn:
+        state.ensure_state_table(conn)
+        with table_lock(conn, table.name):
+            stored = state.read_state(conn, table.name)
+            initial = stored is None or stored.last_synced_version is None
+            try:
+                if initial or full_refresh or table.mode == "snapshot":
+                    if initial:
+                        state.record_state(
+                            conn,
+                            name=table.name,
+                            source=table.source,
+                            mode=table.mode,
+                            state=states.PROVISIONING_INITIAL_SNAPSHOT,
+                            message="initial snapshot",
+                        )
+                    source = open_source(table.source_uri, storage_options=table.storage_options)
+                    columns = check_source(table, source)
+                    reason = "full refresh requested" if full_refresh and not initial else ""
+                    return load_snapshot(
+                        table, dsn, source, columns, reason=reason, on_progress=on_progress
+                    )
+                assert stored is not None
+                return sync_incremental(table, dsn, stored, on_progress=on_progress)
+            except Exception as exc:
+                record_failure(conn, table, exc)
+                raise

@@ -13,13 +13,10 @@ import psycopg
 import pyarrow as pa
 
 from reverse_etl_assets import states
-from reverse_etl_assets.lake.source import SourceSnapshot, open_source, read_batches
+from reverse_etl_assets.lake.source import SourceSnapshot, read_batches
 from reverse_etl_assets.postgres import state
-from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.lock import table_lock
-from reverse_etl_assets.sync.preflight import check_source
 from reverse_etl_assets.transform.cleaning import apply_invalid_characters, drop_null_keys
 from reverse_etl_assets.transform.types import PgColumn, to_wire
 
@@ -37,35 +34,13 @@ class SyncResult:
     rows: int
     skipped_null_keys: int
     seconds: float
+    changes: int = 0
     reason: str = ""
 
     @property
     def rows_per_second(self) -> float:
         """Rows landed per wall-clock second."""
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-def sync_snapshot(
-    table: SyncedTable, dsn: str, *, reason: str = "", on_progress: Progress | None = None
-) -> SyncResult:
-    """Copy the source's latest version into Postgres, swapped in atomically with the checkpoint."""
-    started = time.monotonic()
-    with connect(dsn, autocommit=True) as conn:
-        state.ensure_state_table(conn)
-        with table_lock(conn, table.name):
-            previous = state.read_state(conn, table.name)
-            if previous is None or previous.last_synced_version is None:
-                _record(conn, table, states.PROVISIONING_INITIAL_SNAPSHOT, "initial snapshot")
-            try:
-                source = open_source(table.source_uri, storage_options=table.storage_options)
-                columns = check_source(table, source)
-                result = load_snapshot(
-                    table, dsn, source, columns, reason=reason, on_progress=on_progress
-                )
-            except Exception as exc:
-                record_failure(conn, table, exc)
-                raise
-    return SyncResult(**{**result.__dict__, "seconds": time.monotonic() - started})
 
 
 def load_snapshot(

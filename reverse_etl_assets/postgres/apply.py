@@ -1,0 +1,152 @@
+"""Apply net changes to a live synced table inside the caller's transaction.
+
+Stage them with binary COPY into temp tables, then a few set-based statements: one DELETE ...
+USING, one INSERT ... ON CONFLICT DO UPDATE that skips rows that did not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from reverse_etl_assets.postgres import binary_copy, ddl
+from reverse_etl_assets.transform.types import PgColumn
+
+STAGE_UPSERTS = "_retl_upserts"
+STAGE_DELETES = "_retl_deletes"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Applied:
+    """Rows the statements touched."""
+
+    inserted: int
+    updated: int
+    deleted: int
+
+
+def live_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
+    """The live table's columns and their types, in order (empty when it does not exist)."""
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum",
+        (schema, table),
+    ).fetchall()
+    return {name: pg_type for name, pg_type in rows}
+
+
+def add_columns(conn: psycopg.Connection, schema: str, table: str, columns: list[PgColumn]) -> None:
+    """ALTER TABLE ... ADD COLUMN for columns the source gained (NULL in existing rows)."""
+    for column in columns:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                ddl.qualified(schema, table), sql.Identifier(column.name), sql.SQL(column.ddl)
+            )
+        )
+
+
+def apply_changes(
+    conn: psycopg.Connection,
+    *,
+    schema: str,
+    table: str,
+    columns: tuple[PgColumn, ...],
+    key: tuple[str, ...],
+    upserts: list[pa.RecordBatch],
+    deletes: list[pa.RecordBatch],
+    timeseries_key: str | None,
+) -> Applied:
+    """Stage and apply; the caller's transaction makes it atomic with the checkpoint."""
+    key_columns = tuple(c for c in columns if c.name in key)
+    key_columns = tuple(sorted(key_columns, key=lambda c: key.index(c.name)))
+    deleted = 0
+    if deletes:
+        _stage(conn, STAGE_DELETES, key_columns, deletes)
+        deleted = conn.execute(delete_statement(schema, table, key)).rowcount
+    inserted = updated = 0
+    if upserts:
+        _stage(conn, STAGE_UPSERTS, columns, upserts)
+        names = tuple(c.name for c in columns)
+        counted = conn.execute(
+            sql.SQL(
+                "WITH written AS ({} RETURNING (t.xmax = 0) AS inserted) "
+                "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
+                "FROM written"
+            ).format(upsert_statement(schema, table, names, key, timeseries_key))
+        ).fetchone()
+        assert counted is not None
+        inserted, updated = int(counted[0]), int(counted[1])
+    return Applied(inserted=inserted, updated=updated, deleted=max(deleted, 0))
+
+
+def _stage(
+    conn: psycopg.Connection,
+    name: str,
+    columns: tuple[PgColumn, ...],
+    batches: list[pa.RecordBatch],
+) -> None:
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.ddl)) for c in columns
+    )
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), cols)
+    )
+    with conn.cursor() as cur:
+        binary_copy.copy_rows(
+            cur,
+            schema="pg_temp",
+            table=name,
+            columns=columns,
+            chunks=(binary_copy.encode_rows(b, columns) for b in batches if b.num_rows),
+        )
+
+
+def delete_statement(schema: str, table: str, key: tuple[str, ...]) -> sql.Composed:
+    """DELETE the staged keys from the table."""
+    match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
+    return sql.SQL("DELETE FROM {t} AS t USING {d} AS d WHERE {match}").format(
+        t=ddl.qualified(schema, table), d=sql.Identifier(STAGE_DELETES), match=match
+    )
+
+
+def upsert_statement(
+    schema: str,
+    table: str,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    timeseries_key: str | None,
+) -> sql.Composed:
+    """INSERT the staged rows; on a key conflict update only rows whose values changed (and,
+    with a timeseries_key, only with a row at least as recent)."""
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    values = [c for c in columns if c not in key]
+    if not values:
+        return sql.SQL(
+            "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {s} ON CONFLICT DO NOTHING"
+        ).format(t=ddl.qualified(schema, table), cols=cols, s=sql.Identifier(STAGE_UPSERTS))
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in values
+    )
+    old = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in values)
+    new = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in values)
+    changed = sql.SQL("(ROW({old}) IS DISTINCT FROM ROW({new}))").format(old=old, new=new)
+    if timeseries_key is not None:
+        changed = sql.SQL("{changed} AND (t.{ts} IS NULL OR EXCLUDED.{ts} >= t.{ts})").format(
+            changed=changed, ts=sql.Identifier(timeseries_key)
+        )
+    return sql.SQL(
+        "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {s} "
+        "ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {changed}"
+    ).format(
+        t=ddl.qualified(schema, table),
+        cols=cols,
+        s=sql.Identifier(STAGE_UPSERTS),
+        key=sql.SQL(", ").join(sql.Identifier(k) for k in key),
+        assignments=assignments,
+        changed=changed,
+    )
