@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 from reverse_etl_assets import settings
 from reverse_etl_assets.errors import ReverseEtlError
-from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.lake.source import enable_change_data_feed, open_source
 from reverse_etl_assets.postgres import state
 from reverse_etl_assets.postgres.connect import connect
-from reverse_etl_assets.spec import Spec, load_spec
+from reverse_etl_assets.spec import Spec, load_spec, resolve_source
 from reverse_etl_assets.sync.preflight import check_source
 from reverse_etl_assets.sync.run import sync_table
+from reverse_etl_assets.sync.snapshot import SyncResult
 from reverse_etl_assets.sync.status import TableStatus, table_status
 
 STATUS_COLUMNS = (
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--full-refresh", action="store_true", help="rebuild from a full snapshot")
     sync.set_defaults(run=_sync)
 
+    enable = commands.add_parser(
+        "enable-cdf", help="turn on the Change Data Feed of a Delta table (as written in the spec)"
+    )
+    enable.add_argument("source", help="three-part name under lake_root, or a path / URI")
+    enable.set_defaults(run=_enable_cdf)
+
     status = commands.add_parser("status", help="state, versions and lag of synced tables")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help="print a JSON list of objects")
@@ -101,16 +108,34 @@ def _sync(args: argparse.Namespace) -> int:
             failed += 1
             print(f"FAIL {table.name}: {exc}", file=sys.stderr)
             continue
-        print(
-            f"synced {table.name}: version {result.version}, {result.rows:,} rows "
-            f"({result.path}) in {result.seconds:.2f}s, {result.rows_per_second:,.0f} rows/s"
-            + (
-                f", {result.skipped_null_keys} NULL-key rows skipped"
-                if result.skipped_null_keys
-                else ""
-            )
-        )
+        print(_describe(result))
     return 1 if failed else 0
+
+
+def _describe(result: SyncResult) -> str:
+    if result.path == "none":
+        return f"{result.name}: already at version {result.version}, nothing to do"
+    done = (
+        f"{result.changes:,} changed keys applied"
+        if result.path == "incremental"
+        else f"{result.rows:,} rows copied ({result.rows_per_second:,.0f} rows/s)"
+    )
+    text = f"synced {result.name}: version {result.version}, {done} in {result.seconds:.2f}s"
+    if result.skipped_null_keys:
+        text += f", {result.skipped_null_keys} NULL-key rows skipped"
+    if result.reason:
+        text += f" [{result.reason}]"
+    return text
+
+
+def _enable_cdf(args: argparse.Namespace) -> int:
+    spec = _spec()
+    declared = [t for t in spec.synced_tables if t.source == args.source]
+    options = declared[0].storage_options if declared else {}
+    uri = resolve_source(args.source, lake_root=spec.lake_root, base_dir=spec.path.parent)
+    enable_change_data_feed(uri, storage_options=options)
+    print(f"Change Data Feed enabled on {args.source} ({uri}); changes from the next version on")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

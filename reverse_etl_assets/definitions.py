@@ -15,6 +15,7 @@ from reverse_etl_assets.orchestration.assets import (
 )
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.orchestration.sensors import source_change_sensor
 from reverse_etl_assets.spec import Spec, load_spec
 
 
@@ -26,7 +27,7 @@ def build_definitions(spec: Spec) -> dg.Definitions:
         sources.setdefault(source_asset_key(table), source_asset(table))
         synced.append(synced_table_asset(table))
     scheduled = [dg.AssetKey(t.asset_key_path) for t in spec.synced_tables if t.schedule]
-    sensors = []
+    sensors: list[dg.SensorDefinition] = []
     if scheduled:
         sensors.append(
             dg.AutomationConditionSensorDefinition(
@@ -35,6 +36,9 @@ def build_definitions(spec: Spec) -> dg.Definitions:
                 default_status=dg.DefaultSensorStatus.RUNNING,
             )
         )
+    watched = [t for t in spec.synced_tables if t.on_source_change]
+    if watched:
+        sensors.append(source_change_sensor(watched))
     return dg.Definitions(
         assets=[*sources.values(), *synced],
         sensors=sensors,

@@ -146,18 +146,13 @@ def test_definitions_load_with_keys_deps_and_automation(defs: dg.Definitions) ->
 
     scheduled = graph.get(SYNCED).automation_condition
     assert scheduled is not None
-    assert scheduled.get_label() == f"on_cron({CRON}, UTC)"
+    assert scheduled.get_label() == f"sync on schedule {CRON} (UTC)"
     assert graph.get(PATH_SYNCED).automation_condition is None
     sensor = defs.resolve_sensor_def("synced_table_schedules")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
     assert sensor.asset_selection.resolve(graph) == {SYNCED}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on_cron also waits for every dep to update after the tick, and nothing observes the "
-    "Delta source asset, so a scheduled synced table is never requested",
-)
 def test_schedule_requests_a_sync_at_the_cron_tick(defs: dg.Definitions) -> None:
     instance = dg.DagsterInstance.ephemeral()
     now = dt.datetime.now(dt.UTC)

@@ -196,11 +196,6 @@ def test_wrong_credentials_fail_clearly_and_write_nothing(
     assert SOURCE_URI in stored.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_source maps every OSError to TransientError, so a 403 from the object store is "
-    'reported as "transient: a retry may succeed" although only new credentials can help',
-)
 def test_wrong_credentials_are_terminal(s3_options: dict[str, str]) -> None:
     wrong = {**s3_options, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
 

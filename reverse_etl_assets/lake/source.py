@@ -5,6 +5,7 @@ Everything delta-rs specific on the read side of a snapshot lives here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ def open_source(
     except DeltaError as exc:
         raise SourceError(f"cannot open Delta table {uri} at version {version}: {exc}") from exc
     except OSError as exc:
-        raise TransientError(f"cannot reach Delta table {uri}: {exc}") from exc
+        raise reach_error(uri, exc) from exc
     metadata = table.metadata()
     config = metadata.configuration or {}
     return SourceSnapshot(
@@ -64,6 +65,36 @@ def open_source(
         cdf_enabled=config.get("delta.enableChangeDataFeed", "false").lower() == "true",
         table=table,
     )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_DENIED = re.compile(
+    r"\b(401|403)\b|forbidden|access ?denied|unauthori[sz]ed|invalidaccesskeyid|"
+    r"signaturedoesnotmatch|expiredtoken|permission denied|credential",
+    re.IGNORECASE,
+)
+
+
+def reach_error(uri: str, exc: Exception) -> SourceError | TransientError:
+    """An object-store failure as a short message: refused access is terminal (only new
+    credentials help), anything else (network, throttling) transient."""
+    text = _ANSI.sub("", str(exc))
+    text = text.split("<?xml", 1)[0].strip()
+    if len(text) > 500:
+        text = text[:500] + "..."
+    if _DENIED.search(text):
+        return SourceError(
+            f"access to Delta table {uri} was refused: {text}. Check the credentials in "
+            "`storage_options` (or the environment) and the bucket's permissions"
+        )
+    return TransientError(f"cannot reach Delta table {uri}: {text}")
+
+
+def enable_change_data_feed(uri: str, *, storage_options: dict[str, str]) -> None:
+    """Set `delta.enableChangeDataFeed = true` on the table (a metadata-only commit)."""
+    snapshot = open_source(uri, storage_options=storage_options)
+    if not snapshot.cdf_enabled:
+        snapshot.table.alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
 
 
 def latest_version(uri: str, *, storage_options: dict[str, str]) -> int:

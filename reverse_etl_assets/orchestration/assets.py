@@ -47,7 +47,14 @@ def source_asset(table: SyncedTable) -> dg.SourceAsset:
 
 def synced_table_asset(table: SyncedTable) -> dg.AssetsDefinition:
     """The synced table as an asset: materializing it syncs once ("sync now")."""
-    automation = dg.AutomationCondition.on_cron(table.schedule) if table.schedule else None
+    automation = None
+    if table.schedule:
+        # Not on_cron: it also waits for the (unobserved) Delta source to update after the tick.
+        # A synced table syncs on every tick; the sync itself is a no-op when nothing changed.
+        tick = dg.AutomationCondition.cron_tick_passed(table.schedule)
+        automation = (tick & ~dg.AutomationCondition.in_progress()).with_label(
+            f"sync on schedule {table.schedule} (UTC)"
+        )
 
     @dg.asset(
         key=dg.AssetKey(table.asset_key_path),
@@ -81,6 +88,8 @@ def synced_table_asset(table: SyncedTable) -> dg.AssetsDefinition:
                 md.ROWS_PER_SECOND: round(result.rows_per_second, 1),
                 md.DURATION_SECONDS: round(result.seconds, 3),
                 md.SKIPPED_NULL_KEYS: result.skipped_null_keys,
+                md.CHANGES: result.changes,
+                md.REASON: result.reason,
             },
             data_version=dg.DataVersion(str(result.version)),
         )

@@ -62,7 +62,8 @@ class PostgresTableIOManager(dg.ConfigurableIOManager):
         """Replace the asset's table with `obj`."""
         schema, table = self._table(context)
         meta = context.definition_metadata or {}
-        key = tuple(meta.get("primary_key") or ())
+        raw_key = meta.get("primary_key") or ()
+        key = (raw_key,) if isinstance(raw_key, str) else tuple(raw_key)
         indexes = tuple(tuple(ix) for ix in meta.get("indexes") or ())
         arrow_schema, batches = _batches(obj)
         label = ".".join(context.asset_key.path)

@@ -47,6 +47,9 @@ def sync_incremental(
         return full_refresh("the source table was recreated (its Delta table id changed)")
     if source.version == last:
         return _nothing_to_do(table, dsn, stored, started)
+    with connect(dsn, autocommit=True) as conn:
+        # Before any path is chosen: a full refresh must not follow a dropped column silently.
+        _check_schema(table, apply.live_columns(conn, table.pg_schema, table.pg_table), columns)
     try:
         _check_range(table, source, start=last + 1)
         changes = read_changes(source.table, start=last + 1, end=source.version)
