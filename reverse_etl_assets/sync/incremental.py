@@ -13,7 +13,7 @@ from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.lake.changes import read_changes
 from reverse_etl_assets.lake.log import RangeUnavailable, read_commits
 from reverse_etl_assets.lake.source import SourceSnapshot, open_source
-from reverse_etl_assets.postgres import apply, state
+from reverse_etl_assets.postgres import apply, protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import TableState
 from reverse_etl_assets.spec import SyncedTable
@@ -117,9 +117,12 @@ def _apply(
     deletes = [to_wire(b, key_columns) for b in net.deletes.to_batches(max_chunksize=65_536)]
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
+        protection.allow_pipeline_writes(conn)
         live = apply.live_columns(conn, schema, name)
         _check_schema(table, live, columns)
         apply.add_columns(conn, schema, name, [c for c in columns if c.name not in live])
+        if not protection.is_protected(conn, schema=schema, table=name):
+            protection.protect_table(conn, schema=schema, table=name, source=table.source)
         applied = apply.apply_changes(
             conn,
             schema=schema,

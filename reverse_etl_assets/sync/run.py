@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from reverse_etl_assets import states
 from reverse_etl_assets.lake.source import open_source
-from reverse_etl_assets.postgres import state
+from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.sync.incremental import sync_incremental
@@ -23,6 +23,7 @@ def sync_table(
     """Bring the Postgres table to the source's latest version, exactly once per version."""
     with connect(dsn, autocommit=True) as conn:
         state.ensure_state_table(conn)
+        protection.ensure_guard_function(conn)
         with table_lock(conn, table.name):
             stored = state.read_state(conn, table.name)
             initial = stored is None or stored.last_synced_version is None

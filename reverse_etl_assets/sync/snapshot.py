@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from reverse_etl_assets import states
 from reverse_etl_assets.lake.source import SourceSnapshot, read_batches
-from reverse_etl_assets.postgres import state
+from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.cleaning import apply_invalid_characters, drop_null_keys
@@ -71,6 +71,9 @@ def load_snapshot(
             )
 
     def checkpoint(conn: psycopg.Connection, rows: int) -> None:
+        protection.protect_table(
+            conn, schema=table.pg_schema, table=table.pg_table, source=table.source
+        )
         state.save_checkpoint(
             conn,
             name=table.name,

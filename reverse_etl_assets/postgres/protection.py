@@ -1,0 +1,111 @@
+"""Read-only protection of synced tables: only the pipeline writes them.
+
+A guard trigger, enabled ALWAYS (so `session_replication_role = replica` does not bypass it),
+refuses INSERT / UPDATE / DELETE / TRUNCATE unless the writer is the pipeline's role inside a
+pipeline transaction; other roles also lose every privilege but SELECT.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from reverse_etl_assets.postgres import ddl
+from reverse_etl_assets.postgres.state import STATE_SCHEMA
+
+GUARD_FUNCTION = "refuse_writes_to_synced_table"
+GUARD_TRIGGER = "reverse_etl_read_only"
+WRITER_SETTING = "reverse_etl.writer"
+WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+_FUNCTION = sql.SQL(
+    """
+    CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $guard$
+    BEGIN
+        IF current_user = TG_ARGV[0]
+           AND coalesce(current_setting({setting}, true), '') = 'on' THEN
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'table %.% is a synced table, written only by the reverse_etl pipeline',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('It is kept equal to the Delta table %s; %s by role %s '
+                                  'is refused.', TG_ARGV[1], TG_OP, current_user),
+                  HINT = 'Change the data in Delta and sync again. To add columns of your own, '
+                         'create a separate table keyed by the same primary key and join it at '
+                         'query time.';
+    END
+    $guard$
+    """
+)
+
+
+def ensure_guard_function(conn: psycopg.Connection) -> None:
+    """Create (or update) the guard trigger function in the state schema."""
+    with conn.transaction():
+        # Two sessions replacing one function at once fail with "tuple concurrently updated".
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('reverse_etl.state'))")
+        conn.execute(
+            _FUNCTION.format(
+                function=sql.Identifier(STATE_SCHEMA, GUARD_FUNCTION),
+                setting=sql.Literal(WRITER_SETTING),
+            )
+        )
+
+
+def protect_table(conn: psycopg.Connection, *, schema: str, table: str, source: str) -> None:
+    """Attach the guard (enabled ALWAYS) and take write privileges from every other role."""
+    target = ddl.qualified(schema, table)
+    row = conn.execute("SELECT current_user").fetchone()
+    assert row is not None
+    grantees = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_class c, aclexplode(c.relacl) a "
+            "WHERE c.oid = %s::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner",
+            (target.as_string(conn),),
+        ).fetchall()
+    ]
+    for statement in protect_statements(target, writer=row[0], source=source, grantees=grantees):
+        conn.execute(statement)
+
+
+def is_protected(conn: psycopg.Connection, *, schema: str, table: str) -> bool:
+    """Whether the guard trigger is on the table and enabled ALWAYS."""
+    row = conn.execute(
+        "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s",
+        (schema, table, GUARD_TRIGGER),
+    ).fetchone()
+    return row is not None and row[0] == "A"
+
+
+def protect_statements(
+    target: sql.Composable, *, writer: str, source: str, grantees: list[str]
+) -> list[sql.Composed]:
+    """The statements that make `target` read-only for everyone but `writer`."""
+    trigger = sql.Identifier(GUARD_TRIGGER)
+    args = sql.SQL("{}, {}").format(sql.Literal(writer), sql.Literal(source))
+    function = sql.Identifier(STATE_SCHEMA, GUARD_FUNCTION)
+    return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger, target),
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {}({})"
+        ).format(trigger, target, function, args),
+        sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(target, trigger),
+        *(
+            sql.SQL("REVOKE {} ON {} FROM {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in WRITE_PRIVILEGES),
+                target,
+                sql.SQL("PUBLIC") if role is None else sql.Identifier(role),
+            )
+            for role in [None, *grantees]
+        ),
+    ]
+
+
+def allow_pipeline_writes(conn: psycopg.Connection) -> None:
+    """Mark the current transaction as the pipeline's (the guard lets its writes through)."""
+    conn.execute("SELECT set_config(%s, 'on', true)", (WRITER_SETTING,))
