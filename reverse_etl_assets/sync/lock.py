@@ -1,6 +1,7 @@
 """One sync per synced table at a time, across processes: a Postgres advisory lock.
 
-A second sync of the same table waits for the first and then re-reads the checkpoint.
+A second sync of the same table waits for the first and then re-reads the checkpoint; a follower,
+which holds the lock for its whole life, refuses to start instead of waiting.
 """
 
 from __future__ import annotations
@@ -14,16 +15,30 @@ import psycopg
 log = logging.getLogger(__name__)
 
 
+def lock_key(name: str) -> str:
+    """The text hashed into the advisory lock key of synced table `name`."""
+    return f"reverse_etl:{name}"
+
+
 @contextmanager
 def table_lock(conn: psycopg.Connection, name: str) -> Iterator[None]:
     """Hold the session advisory lock of synced table `name` (the connection is autocommit)."""
-    key = f"reverse_etl:{name}"
-    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
-    if not (got and got[0]):
+    if not try_lock_table(conn, name):
         log.info("synced table %s: another sync is running; waiting for it to finish", name)
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock_key(name),))
     try:
         yield
     finally:
         if not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+            unlock_table(conn, name)
+
+
+def try_lock_table(conn: psycopg.Connection, name: str) -> bool:
+    """Take the lock of `name` if it is free; False when another session holds it."""
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock_key(name),)).fetchone()
+    return bool(got and got[0])
+
+
+def unlock_table(conn: psycopg.Connection, name: str) -> None:
+    """Release the lock of `name` taken on this connection."""
+    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key(name),))

@@ -6,6 +6,8 @@ records the outcome in the state table.
 
 from __future__ import annotations
 
+import psycopg
+
 from reverse_etl_assets import states
 from reverse_etl_assets.lake.source import open_source
 from reverse_etl_assets.postgres import protection, state
@@ -25,27 +27,40 @@ def sync_table(
         state.ensure_state_table(conn)
         protection.ensure_guard_function(conn)
         with table_lock(conn, table.name):
-            stored = state.read_state(conn, table.name)
-            initial = stored is None or stored.last_synced_version is None
-            try:
-                if initial or full_refresh or table.mode == "snapshot":
-                    if initial:
-                        state.record_state(
-                            conn,
-                            name=table.name,
-                            source=table.source,
-                            mode=table.mode,
-                            state=states.PROVISIONING_INITIAL_SNAPSHOT,
-                            message="initial snapshot",
-                        )
-                    source = open_source(table.source_uri, storage_options=table.storage_options)
-                    columns = check_source(table, source)
-                    reason = "full refresh requested" if full_refresh and not initial else ""
-                    return load_snapshot(
-                        table, dsn, source, columns, reason=reason, on_progress=on_progress
-                    )
-                assert stored is not None
-                return sync_incremental(table, dsn, stored, on_progress=on_progress)
-            except Exception as exc:
-                record_failure(conn, table, exc)
-                raise
+            return sync_locked(conn, table, dsn, full_refresh=full_refresh, on_progress=on_progress)
+
+
+def sync_locked(
+    conn: psycopg.Connection,
+    table: SyncedTable,
+    dsn: str,
+    *,
+    full_refresh: bool = False,
+    on_progress: Progress | None = None,
+) -> SyncResult:
+    """`sync_table` for a caller whose autocommit `conn` already holds the table's lock (the
+    continuous follower holds it for its whole life)."""
+    stored = state.read_state(conn, table.name)
+    initial = stored is None or stored.last_synced_version is None
+    try:
+        if initial or full_refresh or table.mode == "snapshot":
+            if initial:
+                state.record_state(
+                    conn,
+                    name=table.name,
+                    source=table.source,
+                    mode=table.mode,
+                    state=states.PROVISIONING_INITIAL_SNAPSHOT,
+                    message="initial snapshot",
+                )
+            source = open_source(table.source_uri, storage_options=table.storage_options)
+            columns = check_source(table, source)
+            reason = "full refresh requested" if full_refresh and not initial else ""
+            return load_snapshot(
+                table, dsn, source, columns, reason=reason, on_progress=on_progress
+            )
+        assert stored is not None
+        return sync_incremental(table, dsn, stored, on_progress=on_progress)
+    except Exception as exc:
+        record_failure(conn, table, exc)
+        raise
