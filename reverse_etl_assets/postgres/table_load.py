@@ -59,8 +59,8 @@ def replace_table(
         control.execute(ddl.drop_table(schema, staging))
         control.execute(ddl.create_table(schema, staging, columns))
         try:
-            workers = _connections_for(expected_rows, target.max_connections)
-            sent = _parallel_copy(dsn, schema, staging, columns, batches, workers, on_progress)
+            workers = connections_for(expected_rows, target.max_connections)
+            sent = copy_in_parallel(dsn, schema, staging, columns, batches, workers, on_progress)
             index_renames, dropped = _build_indexes(control, target, staging)
             rows = sent - dropped
             control.execute(psycopg.sql.SQL("ANALYZE {}").format(ddl.qualified(schema, staging)))
@@ -84,13 +84,14 @@ def replace_table(
             raise
 
 
-def _connections_for(expected_rows: int | None, max_connections: int) -> int:
+def connections_for(expected_rows: int | None, max_connections: int) -> int:
+    """How many COPY connections a load of `expected_rows` is worth (at most `max_connections`)."""
     if not expected_rows:
         return 1
     return max(1, min(max_connections, expected_rows // ROWS_PER_CONNECTION))
 
 
-def _parallel_copy(
+def copy_in_parallel(
     dsn: str,
     schema: str,
     table: str,
