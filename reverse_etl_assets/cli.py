@@ -1,4 +1,4 @@
-"""`reverse-etl`: validate the spec, sync now, and show status, from a terminal or a script.
+"""`reverse-etl`: validate, sync now, verify, delete and show status, from a terminal or a script.
 
 Reads the same spec and env vars as the Dagster code location and runs the same core code.
 """
@@ -8,18 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from reverse_etl_assets import settings
-from reverse_etl_assets.errors import ReverseEtlError
+from reverse_etl_assets.errors import ReverseEtlError, SpecError
 from reverse_etl_assets.lake.source import enable_change_data_feed, open_source
 from reverse_etl_assets.postgres import state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.spec import Spec, load_spec, resolve_source
+from reverse_etl_assets.sync.delete import delete_synced_table
 from reverse_etl_assets.sync.preflight import check_source
+from reverse_etl_assets.sync.progress import describe_progress
 from reverse_etl_assets.sync.run import sync_table
-from reverse_etl_assets.sync.snapshot import SyncResult
+from reverse_etl_assets.sync.snapshot import Progress, SyncResult
 from reverse_etl_assets.sync.status import TableStatus, table_status
+from reverse_etl_assets.sync.verify import verify_table
 
 STATUS_COLUMNS = (
     "name",
@@ -68,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     enable.add_argument("source", help="three-part name under lake_root, or a path / URI")
     enable.set_defaults(run=_enable_cdf)
 
+    verify = commands.add_parser(
+        "verify", help="compare Postgres with Delta at the checkpoint (row count, content hash)"
+    )
+    verify.add_argument("name")
+    verify.set_defaults(run=_verify)
+
+    delete = commands.add_parser("delete", help="stop syncing a table (its state is removed)")
+    delete.add_argument("name", help="synced table name (it may already be gone from the spec)")
+    delete.add_argument("--drop-table", action="store_true", help="also drop the Postgres table")
+    delete.set_defaults(run=_delete)
+
     status = commands.add_parser("status", help="state, versions and lag of synced tables")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help="print a JSON list of objects")
@@ -103,13 +118,47 @@ def _sync(args: argparse.Namespace) -> int:
     failed = 0
     for table in tables:
         try:
-            result = sync_table(table, dsn, full_refresh=args.full_refresh)
+            progress = _progress_bar(table.name)
+            try:
+                result = sync_table(
+                    table, dsn, full_refresh=args.full_refresh, on_progress=progress
+                )
+            finally:
+                if progress is not None:
+                    print(file=sys.stderr)
         except ReverseEtlError as exc:
             failed += 1
             print(f"FAIL {table.name}: {exc}", file=sys.stderr)
             continue
         print(_describe(result))
     return 1 if failed else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    result = verify_table(_spec().table(args.name), settings.pg_dsn())
+    print(result.describe() + f" [{result.seconds:.2f}s]")
+    return 0 if result.content_matches else 1
+
+
+def _delete(args: argparse.Namespace) -> int:
+    name = args.name
+    if len(name.split(".")) != 3:
+        raise SpecError(f"{name!r} is not a synced table name (<catalog>.<schema>.<table>)")
+    print(delete_synced_table(name, settings.pg_dsn(), drop_table=args.drop_table))
+    return 0
+
+
+def _progress_bar(name: str) -> Progress | None:
+    """A progress line on stderr, redrawn in place, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+
+    def show(done: int, total: int | None) -> None:
+        line = describe_progress(done, total, time.monotonic() - started, bar=True)
+        print(f"\r{name}: {line}\033[K", end="", file=sys.stderr, flush=True)
+
+    return show
 
 
 def _describe(result: SyncResult) -> str:

@@ -13,6 +13,7 @@ from reverse_etl_assets.orchestration.assets import (
     source_asset_key,
     synced_table_asset,
 )
+from reverse_etl_assets.orchestration.checks import equality_checks
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.orchestration.sensors import source_change_sensor
@@ -23,9 +24,11 @@ def build_definitions(spec: Spec) -> dg.Definitions:
     """Assets, automation and resources for every synced table of `spec`."""
     sources: dict[dg.AssetKey, dg.SourceAsset] = {}
     synced = []
+    checks = []
     for table in spec.synced_tables:
         sources.setdefault(source_asset_key(table), source_asset(table))
         synced.append(synced_table_asset(table))
+        checks.append(equality_checks(table))
     scheduled = [dg.AssetKey(t.asset_key_path) for t in spec.synced_tables if t.schedule]
     sensors: list[dg.SensorDefinition] = []
     if scheduled:
@@ -41,6 +44,7 @@ def build_definitions(spec: Spec) -> dg.Definitions:
         sensors.append(source_change_sensor(watched))
     return dg.Definitions(
         assets=[*sources.values(), *synced],
+        asset_checks=checks,
         sensors=sensors,
         resources={"postgres": PostgresTarget(), "postgres_io_manager": PostgresTableIOManager()},
     )

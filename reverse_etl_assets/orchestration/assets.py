@@ -12,6 +12,7 @@ from reverse_etl_assets.lake.source import open_source
 from reverse_etl_assets.orchestration import metadata as md
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.spec import THREE_PART, SyncedTable
+from reverse_etl_assets.sync.progress import describe_progress
 from reverse_etl_assets.sync.run import sync_table
 
 GROUP = "synced_tables"
@@ -69,10 +70,13 @@ def synced_table_asset(table: SyncedTable) -> dg.AssetsDefinition:
     def _sync(context: dg.AssetExecutionContext, postgres: PostgresTarget) -> dg.MaterializeResult:
         last_log = [time.monotonic()]
 
+        started = time.monotonic()
+
         def progress(done: int, total: int | None) -> None:
             if time.monotonic() - last_log[0] >= PROGRESS_EVERY_SECONDS:
                 last_log[0] = time.monotonic()
-                context.log.info(f"{table.name}: {done:,} / {total or '?'} rows sent")
+                line = describe_progress(done, total, time.monotonic() - started)
+                context.log.info(f"{table.name}: {line}")
 
         result = sync_table(table, postgres.get_dsn(), on_progress=progress)
         context.log.info(

@@ -1,0 +1,68 @@
+"""Asset checks proving each synced table equals its Delta source at the checkpointed version.
+
+Both checks come from one comparison (sync.verify); blocking, ERROR on mismatch.
+"""
+
+from collections.abc import Iterator
+
+import dagster as dg
+
+from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.sync.verify import verify_table
+
+ROW_COUNT_CHECK = "row_count_matches_delta"
+CONTENT_CHECK = "content_matches_delta"
+
+
+def equality_checks(table: SyncedTable) -> dg.AssetChecksDefinition:
+    """Row count and content hash of Postgres versus Delta at the checkpoint."""
+    key = dg.AssetKey(table.asset_key_path)
+
+    @dg.multi_asset_check(
+        specs=[
+            dg.AssetCheckSpec(
+                ROW_COUNT_CHECK,
+                asset=key,
+                blocking=True,
+                description="Postgres has as many rows as the Delta version in the checkpoint.",
+            ),
+            dg.AssetCheckSpec(
+                CONTENT_CHECK,
+                asset=key,
+                blocking=True,
+                description="Postgres rows equal the Delta rows (order-independent content hash).",
+            ),
+        ],
+        name=f"{'__'.join(table.asset_key_path)}__equals_delta",
+    )
+    def _checks(postgres: PostgresTarget) -> Iterator[dg.AssetCheckResult]:
+        result = verify_table(table, postgres.get_dsn())
+        common = {
+            "delta_version": result.version,
+            "postgres_rows": result.postgres_rows,
+            "delta_rows": result.delta_rows,
+            "seconds": round(result.seconds, 3),
+        }
+        yield dg.AssetCheckResult(
+            check_name=ROW_COUNT_CHECK,
+            asset_key=key,
+            passed=result.rows_match,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=common,
+        )
+        yield dg.AssetCheckResult(
+            check_name=CONTENT_CHECK,
+            asset_key=key,
+            passed=result.content_matches,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                **common,
+                "postgres_hash": result.postgres_hash,
+                "delta_hash": result.delta_hash,
+                "differing_keys": dg.MetadataValue.json(list(result.differing_keys)),
+                "detail": result.describe(),
+            },
+        )
+
+    return _checks

@@ -1,0 +1,176 @@
+"""Proofs of equality (verify and the asset checks), delete, and progress lines.
+
+A tampered row, a missing row and an extra row must all be caught, naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pyarrow as pa
+import pytest
+import yaml
+
+from reverse_etl_assets.definitions import build_definitions
+from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.postgres.protection import allow_pipeline_writes
+from reverse_etl_assets.sync.delete import delete_synced_table
+from reverse_etl_assets.sync.progress import describe_progress
+from reverse_etl_assets.sync.run import sync_table
+from reverse_etl_assets.sync.verify import verify_table
+from reverse_etl_assets_tests.helpers import fetch, one_table, spec_of, table_exists, write_delta
+
+NAME = "lakebase.gold.items_synced"
+
+
+def source_table() -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([1, 2, 3], pa.int64()),
+            "v": ["a", None, "c"],
+            "f": pa.array([float("nan"), 1.5, None]),
+            "tags": pa.array([["x"], [], None], pa.list_(pa.string())),
+        }
+    )
+
+
+def tamper(dsn: str, statement: str) -> None:
+    with psycopg.connect(dsn) as conn:  # as the pipeline would: past the guard
+        allow_pipeline_writes(conn)
+        conn.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("statement", "rows_match", "key"),
+    [
+        ("UPDATE gold.items_synced SET v = 'tampered' WHERE id = 2", True, {"id": 2}),
+        ("DELETE FROM gold.items_synced WHERE id = 3", False, {"id": 3}),
+        ("INSERT INTO gold.items_synced VALUES (4, 'extra', 0, '[]')", False, {"id": 4}),
+        ("UPDATE gold.items_synced SET tags = '[\"y\"]' WHERE id = 1", True, {"id": 1}),
+    ],
+)
+def test_verify_detects_tampering(
+    tmp_path: Path, pg_dsn: str, statement: str, rows_match: bool, key: dict[str, int]
+) -> None:
+    write_delta(tmp_path / "src", source_table())
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    clean = verify_table(table, pg_dsn)
+    assert clean.content_matches and clean.postgres_rows == 3
+    tamper(pg_dsn, statement)
+    dirty = verify_table(table, pg_dsn)
+    assert not dirty.content_matches and dirty.rows_match is rows_match
+    assert key in dirty.differing_keys
+    assert "--full-refresh" in dirty.describe()
+    assert fetch(pg_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'reverse_etl'") == [
+        (1,)
+    ]
+
+
+def test_verify_compares_with_the_checkpoint_version_not_the_latest(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    write_delta(tmp_path / "src", source_table())
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    later = pa.table(
+        {
+            "id": pa.array([9], pa.int64()),
+            "v": ["later"],
+            "f": pa.array([2.0]),
+            "tags": pa.array([["z"]], pa.list_(pa.string())),
+        }
+    )
+    write_delta(tmp_path / "src", later)
+    result = verify_table(table, pg_dsn)
+    assert result.content_matches and result.version == 0
+
+
+def test_verify_before_any_sync_says_so(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "src", source_table())
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    with pytest.raises(SpecError, match="no checkpoint to verify"):
+        verify_table(table, pg_dsn)
+
+
+def test_cli_verify_and_delete(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "lake/a/b/items", source_table())
+    spec = tmp_path / "spec.yaml"
+    entry = {"name": NAME, "source": "a.b.items", "primary_key": ["id"]}
+    spec.write_text(yaml.safe_dump({"lake_root": str(tmp_path / "lake"), "synced_tables": [entry]}))
+    env = {**os.environ, "REVERSE_ETL_SPEC": str(spec), "REVERSE_ETL_PG_DSN": pg_dsn}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "reverse_etl_assets.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    assert cli("sync", NAME).returncode == 0
+    ok = cli("verify", NAME)
+    assert ok.returncode == 0 and "Postgres equals Delta version 0 (3 rows" in ok.stdout
+    tamper(pg_dsn, "UPDATE gold.items_synced SET v = 'x' WHERE id = 1")
+    bad = cli("verify", NAME)
+    assert bad.returncode == 1 and "{'id': 1}" in bad.stdout
+
+    kept = cli("delete", NAME)
+    assert kept.returncode == 0 and "kept as an ordinary table" in kept.stdout
+    assert table_exists(pg_dsn, "gold", "items_synced")
+    with psycopg.connect(pg_dsn) as conn:  # no longer guarded
+        conn.execute("INSERT INTO gold.items_synced (id) VALUES (100)")
+    status = cli("status", "--json")
+    assert '"last_synced_version": null' in status.stdout
+    again = cli("sync", NAME)  # declared again: a fresh initial snapshot
+    assert again.returncode == 0 and "3 rows copied" in again.stdout
+    dropped = cli("delete", NAME, "--drop-table")
+    assert dropped.returncode == 0 and "dropped" in dropped.stdout
+    assert not table_exists(pg_dsn, "gold", "items_synced")
+
+
+def test_delete_refuses_while_a_sync_holds_the_table(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "src", source_table())
+    sync_table(one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"]), pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"reverse_etl:{NAME}",))
+        with pytest.raises(Exception, match="running; stop it and retry"):
+            delete_synced_table(NAME, pg_dsn, drop_table=True)
+    assert table_exists(pg_dsn, "gold", "items_synced")
+
+
+def test_asset_checks_pass_then_fail_with_error(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "src", source_table())
+    spec = spec_of(tmp_path, {"name": NAME, "source": str(tmp_path / "src"), "primary_key": ["id"]})
+    defs = build_definitions(spec)
+    assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    checks = list(defs.asset_checks or [])
+    resources = {"postgres": PostgresTarget(dsn=pg_dsn)}
+    result = dg.materialize([*assets, *checks], resources=resources, selection=[NAME.split(".")])
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name: e.passed for e in evaluations} == {
+        "row_count_matches_delta": True,
+        "content_matches_delta": True,
+    }
+    tamper(pg_dsn, "DELETE FROM gold.items_synced WHERE id = 1")
+    checked = dg.materialize(
+        [*assets, *checks],
+        resources=resources,
+        selection=dg.AssetSelection.checks_for_assets(dg.AssetKey(NAME.split("."))),
+        raise_on_error=False,
+    )
+    failed = {e.check_name: e for e in checked.get_asset_check_evaluations()}
+    assert not failed["row_count_matches_delta"].passed
+    assert failed["content_matches_delta"].severity == dg.AssetCheckSeverity.ERROR
+    assert failed["content_matches_delta"].metadata["postgres_rows"].value == 2
+
+
+def test_progress_lines() -> None:
+    line = describe_progress(500_000, 2_000_000, 2.0, bar=True)
+    assert line.startswith("[#######")
+    assert "25%" in line and "500,000 / 2,000,000 rows" in line
+    assert "250,000 rows/s" in line and "ETA 6s" in line
+    assert describe_progress(10, None, 1.0) == "10 rows  10 rows/s"
+    assert "ETA 1h06m" in describe_progress(1, 4_000, 1.0)
