@@ -46,11 +46,28 @@ def commit_path(version: int) -> str:
     return f"{LOG_DIR}/{version:020d}.json"
 
 
+def open_log(uri: str, *, storage_options: dict[str, str]) -> pafs.FileSystem:
+    """A filesystem rooted at the table (local or object store), to read its log files."""
+    return pafs.PyFileSystem(DeltaStorageHandler(uri, storage_options or None))
+
+
+def commit_exists(log: pafs.FileSystem, version: int) -> bool:
+    """Whether the commit of `version` is in the log: one metadata request, nothing read.
+
+    What a follower polls: the next version exists once its commit file does.
+    """
+    try:
+        info = log.get_file_info(commit_path(version))
+    except (OSError, pa.ArrowException) as exc:
+        raise TransientError(f"cannot read the Delta log: {exc}") from exc
+    return bool(info.type == pafs.FileType.File)
+
+
 def read_commits(
     uri: str, *, storage_options: dict[str, str], start: int, end: int
 ) -> list[Commit]:
     """The commits `start..end` (inclusive); RangeUnavailable when one is missing."""
-    fs = pafs.PyFileSystem(DeltaStorageHandler(uri, storage_options or None))
+    fs = open_log(uri, storage_options=storage_options)
     commits = []
     for version in range(start, end + 1):
         try:

@@ -12,6 +12,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
+from reverse_etl_assets.errors import TransientError
+
 STATE_SCHEMA = "reverse_etl"
 STATE_TABLE = "synced_tables"
 
@@ -28,10 +30,16 @@ _CREATE = sql.SQL(
         skipped_null_keys bigint NOT NULL DEFAULT 0,
         state text NOT NULL,
         message text NOT NULL DEFAULT '',
-        updated_at timestamptz NOT NULL DEFAULT now()
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz,
+        follower_pid integer,
+        follower_host text
     )
     """
 ).format(t=sql.Identifier(STATE_SCHEMA, STATE_TABLE))
+
+# Columns added after the first release; older state tables gain them on first use.
+_ADDED_COLUMNS = {"heartbeat_at": "timestamptz", "follower_pid": "integer", "follower_host": "text"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +57,12 @@ class TableState:
     state: str
     message: str
     updated_at: datetime
+    # The continuous follower's liveness: set while one runs, cleared when it stops cleanly.
+    heartbeat_at: datetime | None = None
+    follower_pid: int | None = None
+    follower_host: str | None = None
+    # The database's clock when the row was read, to age the heartbeat without clock skew.
+    read_at: datetime | None = None
 
 
 def ensure_state_table(conn: psycopg.Connection) -> None:
@@ -58,13 +72,36 @@ def ensure_state_table(conn: psycopg.Connection) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('reverse_etl.state'))")
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(STATE_SCHEMA)))
         cur.execute(_CREATE)
+        cur.execute(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (STATE_SCHEMA, STATE_TABLE),
+        )
+        present = {row[0] for row in cur.fetchall()}
+        missing = [name for name in _ADDED_COLUMNS if name not in present]
+        if missing:
+            cur.execute(add_columns_statement(missing))
+
+
+def add_columns_statement(names: list[str]) -> sql.Composed:
+    """ALTER TABLE ... ADD COLUMN IF NOT EXISTS for state columns an older release lacks."""
+    return sql.SQL("ALTER TABLE {t} {adds}").format(
+        t=sql.Identifier(STATE_SCHEMA, STATE_TABLE),
+        adds=sql.SQL(", ").join(
+            sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(
+                sql.Identifier(name), sql.SQL(_ADDED_COLUMNS[name])
+            )
+            for name in names
+        ),
+    )
 
 
 def read_state(conn: psycopg.Connection, name: str) -> TableState | None:
     """The stored state of `name`, or None when it was never synced (or was deleted)."""
     with conn.cursor(row_factory=class_row(TableState)) as cur:
         cur.execute(
-            sql.SQL("SELECT * FROM {} WHERE name = %s").format(
+            sql.SQL("SELECT *, clock_timestamp() AS read_at FROM {} WHERE name = %s").format(
                 sql.Identifier(STATE_SCHEMA, STATE_TABLE)
             ),
             (name,),
@@ -76,7 +113,7 @@ def read_all_states(conn: psycopg.Connection) -> list[TableState]:
     """Every stored state, by name."""
     with conn.cursor(row_factory=class_row(TableState)) as cur:
         cur.execute(
-            sql.SQL("SELECT * FROM {} ORDER BY name").format(
+            sql.SQL("SELECT *, clock_timestamp() AS read_at FROM {} ORDER BY name").format(
                 sql.Identifier(STATE_SCHEMA, STATE_TABLE)
             )
         )
@@ -95,9 +132,20 @@ def save_checkpoint(
     skipped_null_keys: int,
     state: str,
     message: str = "",
+    expected_version: int | None = None,
 ) -> None:
-    """Record that `name` now equals its source at `version` (run inside the data transaction)."""
-    conn.execute(
+    """Record that `name` now equals its source at `version` (run inside the data transaction).
+
+    With `expected_version`, the checkpoint must still be that version: a sync that lost its
+    lock never overwrites what another one applied meanwhile (its transaction rolls back).
+    """
+    params: list[object] = [name, source, mode, table_id, version, rows, skipped_null_keys]
+    params += [state, message]
+    guard = sql.SQL("")
+    if expected_version is not None:
+        guard = sql.SQL(" WHERE s.last_synced_version = %s")
+        params.append(expected_version)
+    cur = conn.execute(
         sql.SQL(
             """
             INSERT INTO {t} AS s (name, source, mode, table_id, last_synced_version,
@@ -107,11 +155,17 @@ def save_checkpoint(
                 table_id = EXCLUDED.table_id, last_synced_version = EXCLUDED.last_synced_version,
                 last_sync_time = EXCLUDED.last_sync_time, rows = EXCLUDED.rows,
                 skipped_null_keys = EXCLUDED.skipped_null_keys, state = EXCLUDED.state,
-                message = EXCLUDED.message, updated_at = EXCLUDED.updated_at
+                message = EXCLUDED.message, updated_at = EXCLUDED.updated_at{guard}
             """
-        ).format(t=sql.Identifier(STATE_SCHEMA, STATE_TABLE)),
-        (name, source, mode, table_id, version, rows, skipped_null_keys, state, message),
+        ).format(t=sql.Identifier(STATE_SCHEMA, STATE_TABLE), guard=guard),
+        params,
     )
+    if cur.rowcount == 0:
+        raise TransientError(
+            f"synced table {name!r}: its checkpoint moved away from version {expected_version} "
+            "while this sync ran (another sync applied it); nothing was written, and the next "
+            "sync starts from the new checkpoint"
+        )
 
 
 def record_state(
@@ -128,6 +182,29 @@ def record_state(
             """
         ).format(t=sql.Identifier(STATE_SCHEMA, STATE_TABLE)),
         (name, source, mode, state, message),
+    )
+
+
+def record_heartbeat(conn: psycopg.Connection, *, name: str, pid: int, host: str) -> bool:
+    """Mark the follower of `name` alive now; False when `name` has no state row yet."""
+    cur = conn.execute(
+        sql.SQL(
+            "UPDATE {} SET heartbeat_at = now(), follower_pid = %s, follower_host = %s "
+            "WHERE name = %s"
+        ).format(sql.Identifier(STATE_SCHEMA, STATE_TABLE)),
+        (pid, host, name),
+    )
+    return cur.rowcount > 0
+
+
+def clear_heartbeat(conn: psycopg.Connection, *, name: str, pid: int, host: str) -> None:
+    """The follower `pid`@`host` of `name` stopped cleanly: no follower runs, none died."""
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET heartbeat_at = NULL, follower_pid = NULL, follower_host = NULL "
+            "WHERE name = %s AND follower_pid = %s AND follower_host = %s"
+        ).format(sql.Identifier(STATE_SCHEMA, STATE_TABLE)),
+        (name, pid, host),
     )
 
 

@@ -144,6 +144,7 @@ def _apply(
             rows=rows,
             skipped_null_keys=stored.skipped_null_keys + net.skipped_null_keys,
             state=states.ONLINE_NO_PENDING_UPDATE,
+            expected_version=stored.last_synced_version,
         )
     return rows
 
