@@ -1,4 +1,4 @@
-"""`reverse-etl`: validate, sync now, verify, delete and show status, from a terminal or a script.
+"""`reverse-etl`: validate, sync, follow, verify, delete and show status, from a terminal or script.
 
 Reads the same spec and env vars as the Dagster code location and runs the same core code.
 """
@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
 
 from reverse_etl_assets import settings
 from reverse_etl_assets.errors import ReverseEtlError, SpecError
@@ -18,6 +22,7 @@ from reverse_etl_assets.postgres import state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.spec import Spec, load_spec, resolve_source
 from reverse_etl_assets.sync.delete import delete_synced_table
+from reverse_etl_assets.sync.follow import follow_table
 from reverse_etl_assets.sync.preflight import check_source
 from reverse_etl_assets.sync.progress import describe_progress
 from reverse_etl_assets.sync.run import sync_table
@@ -65,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true", help="sync every table of the spec")
     sync.add_argument("--full-refresh", action="store_true", help="rebuild from a full snapshot")
     sync.set_defaults(run=_sync)
+
+    follow = commands.add_parser(
+        "follow", help="follow a continuous table in the foreground (what the Dagster run runs)"
+    )
+    follow.add_argument("name", help="synced table name (mode: continuous)")
+    follow.add_argument(
+        "--max-seconds", type=float, metavar="S", help="stop (exit 0) after S seconds"
+    )
+    follow.set_defaults(run=_follow)
 
     enable = commands.add_parser(
         "enable-cdf", help="turn on the Change Data Feed of a Delta table (as written in the spec)"
@@ -132,6 +146,42 @@ def _sync(args: argparse.Namespace) -> int:
             continue
         print(_describe(result))
     return 1 if failed else 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    table = _spec().table(args.name)
+    # Retries and reconnects are logged; each applied batch is printed on stdout.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: roll back the batch in flight
+        print(f"{signal.Signals(signum).name}: stopping after the batch in flight", file=sys.stderr)
+        # Event.set takes a lock the interrupted main thread may hold: set it from another thread.
+        threading.Thread(target=stop.set, daemon=True).start()
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        summary = follow_table(
+            table,
+            settings.pg_dsn(),
+            max_seconds=args.max_seconds,
+            stop=stop,
+            on_sync=lambda result: print(_describe(result), flush=True),
+        )
+    except KeyboardInterrupt:
+        print(f"stopped following {table.name} at once; a batch in flight was rolled back")
+        return 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    print(
+        f"stopped following {table.name} at version {summary.version}: {summary.versions} "
+        f"version(s) in {summary.batches} batch(es), {summary.reconnects} reconnect(s), "
+        f"{summary.seconds:.0f}s"
+    )
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from reverse_etl_assets.errors import ReverseEtlError
 from reverse_etl_assets.lake.source import open_source
 from reverse_etl_assets.postgres.state import TableState
 from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.sync.follow import follower_timeout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,11 +88,42 @@ def _detailed_state(
 ) -> tuple[str, str]:
     if stored is None:
         return states.OFFLINE, "not synced yet: run `reverse-etl sync " + table.name + "`"
+    if table.mode == "continuous":
+        return _continuous_state(table, stored, lag)
     if stored.state == states.ONLINE_NO_PENDING_UPDATE and lag:
-        pending = (
-            states.ONLINE_CONTINUOUS_UPDATE
-            if table.mode == "continuous"
-            else (states.ONLINE_TRIGGERED_UPDATE)
-        )
-        return pending, f"{lag} source version(s) not synced yet"
+        return states.ONLINE_TRIGGERED_UPDATE, f"{lag} source version(s) not synced yet"
     return stored.state, stored.message
+
+
+_FAILED = frozenset({states.ONLINE_PIPELINE_FAILED, states.OFFLINE_FAILED})
+
+
+def _continuous_state(table: SyncedTable, stored: TableState, lag: int | None) -> tuple[str, str]:
+    """A continuous table is as healthy as its follower: a fresh heartbeat means following, a
+    stale one a follower that died (a clean stop clears it)."""
+    if stored.heartbeat_at is None:
+        if stored.state == states.ONLINE_NO_PENDING_UPDATE and lag:
+            return states.ONLINE_CONTINUOUS_UPDATE, (
+                f"{lag} source version(s) not synced yet; no follower is running: start it with "
+                f"`reverse-etl follow {table.name}` or the Dagster sensor"
+            )
+        return stored.state, stored.message
+    who = f"pid {stored.follower_pid} on {stored.follower_host}"
+    age = ((stored.read_at or datetime.now(tz=UTC)) - stored.heartbeat_at).total_seconds()
+    if age > follower_timeout(table):
+        serving = stored.last_synced_version is not None
+        failed = states.ONLINE_PIPELINE_FAILED if serving else states.OFFLINE_FAILED
+        died = (
+            f"the follower ({who}) died: no heartbeat for {age:.0f}s, since "
+            f"{stored.heartbeat_at.isoformat(timespec='seconds')}"
+        )
+        if stored.message:
+            label = "last error" if stored.state in _FAILED else "last message"
+            died += f"; {label}: {stored.message}"
+        return failed, died
+    if stored.state in _FAILED:
+        return stored.state, f"{stored.message} (the follower, {who}, keeps retrying)"
+    if stored.state == states.PROVISIONING_INITIAL_SNAPSHOT:
+        return stored.state, f"{stored.message} (by the follower, {who})"
+    pending = f"{lag} version(s) pending" if lag else "up to date"
+    return states.ONLINE_CONTINUOUS_UPDATE, f"following ({who}), {pending}"
