@@ -148,7 +148,9 @@ def test_asset_checks_pass_then_fail_with_error(tmp_path: Path, pg_dsn: str) -> 
     assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
     checks = list(defs.asset_checks or [])
     resources = {"postgres": PostgresTarget(dsn=pg_dsn)}
-    result = dg.materialize([*assets, *checks], resources=resources, selection=[NAME.split(".")])
+    result = dg.materialize(
+        [*assets, *checks], resources=resources, selection=[dg.AssetKey(NAME.split("."))]
+    )
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name: e.passed for e in evaluations} == {
         "row_count_matches_delta": True,

@@ -19,8 +19,8 @@ from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.postgres import ddl
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
-from reverse_etl_assets.transform.cleaning import apply_invalid_characters, drop_null_keys
-from reverse_etl_assets.transform.types import pg_columns, to_wire
+from reverse_etl_assets.transform.cleaning import BatchPreparer
+from reverse_etl_assets.transform.types import pg_columns
 
 Frame: TypeAlias = (
     pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch]
@@ -75,27 +75,19 @@ class PostgresTableIOManager(dg.ConfigurableIOManager):
             raise SpecError(
                 f"asset {label!r}: primary_key/indexes name missing column(s) {missing}"
             )
-        skipped = [0]
-
-        def wire() -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                batch, nulls = drop_null_keys(batch, key)
-                skipped[0] += nulls
-                yield apply_invalid_characters(
-                    to_wire(batch, columns), columns, policy="fail", table=label, key=key
-                )
+        preparer = BatchPreparer(columns, key=key, policy="fail", table=label)
 
         rows = replace_table(
             self._dsn(),
             TableTarget(schema=schema, table=table, primary_key=key, indexes=indexes, label=label),
             columns,
-            wire(),
+            preparer.stream(batches),
         )
         context.add_output_metadata(
             {
                 "dagster/row_count": rows,
                 "postgres_table": f"{schema}.{table}",
-                "skipped_null_keys": skipped[0],
+                "skipped_null_keys": preparer.skipped_null_keys,
             }
         )
 

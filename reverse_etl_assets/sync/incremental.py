@@ -20,7 +20,7 @@ from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.sync.preflight import check_source
 from reverse_etl_assets.sync.snapshot import Progress, SyncResult, load_snapshot
 from reverse_etl_assets.transform.changes import NetChanges, net_changes
-from reverse_etl_assets.transform.cleaning import apply_invalid_characters
+from reverse_etl_assets.transform.cleaning import BatchPreparer
 from reverse_etl_assets.transform.types import PgColumn, to_wire
 
 
@@ -102,16 +102,10 @@ def _apply(
     net: NetChanges,
     stored: TableState,
 ) -> int:
-    upserts = [
-        apply_invalid_characters(
-            to_wire(batch, columns),
-            columns,
-            policy=table.on_invalid_characters,
-            table=table.name,
-            key=table.primary_key,
-        )
-        for batch in net.upserts.to_batches(max_chunksize=65_536)
-    ]
+    preparer = BatchPreparer(
+        columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
+    )
+    upserts = list(preparer.stream(net.upserts.to_batches(max_chunksize=65_536)))
     key_columns = tuple(c for c in columns if c.name in table.primary_key)
     key_columns = tuple(sorted(key_columns, key=lambda c: table.primary_key.index(c.name)))
     deletes = [to_wire(b, key_columns) for b in net.deletes.to_batches(max_chunksize=65_536)]

@@ -6,19 +6,18 @@ The checkpoint commits in the swap transaction, so Postgres equals Delta at exac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-import pyarrow as pa
 
 from reverse_etl_assets import states
 from reverse_etl_assets.lake.source import SourceSnapshot, read_batches
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.transform.cleaning import apply_invalid_characters, drop_null_keys
-from reverse_etl_assets.transform.types import PgColumn, to_wire
+from reverse_etl_assets.transform.cleaning import BatchPreparer
+from reverse_etl_assets.transform.types import PgColumn
 
 Progress = Callable[[int, int | None], None]
 
@@ -54,21 +53,10 @@ def load_snapshot(
 ) -> SyncResult:
     """Load `source` (pinned) into the synced table and write the checkpoint in the swap."""
     started = time.monotonic()
-    skipped = [0]
     expected = source.rows()
-
-    def wire_batches() -> Iterator[pa.RecordBatch]:
-        for batch in read_batches(source):
-            batch, nulls = drop_null_keys(batch, table.primary_key)
-            skipped[0] += nulls
-            batch = to_wire(batch, columns)
-            yield apply_invalid_characters(
-                batch,
-                columns,
-                policy=table.on_invalid_characters,
-                table=table.name,
-                key=table.primary_key,
-            )
+    preparer = BatchPreparer(
+        columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
+    )
 
     def checkpoint(conn: psycopg.Connection, rows: int) -> None:
         protection.protect_table(
@@ -82,7 +70,7 @@ def load_snapshot(
             table_id=source.table_id,
             version=source.version,
             rows=rows,
-            skipped_null_keys=skipped[0],
+            skipped_null_keys=preparer.skipped_null_keys,
             state=states.ONLINE_NO_PENDING_UPDATE,
             message=reason,
         )
@@ -100,7 +88,7 @@ def load_snapshot(
             label=table.name,
         ),
         columns,
-        wire_batches(),
+        preparer.stream(read_batches(source)),
         expected_rows=expected,
         in_swap=checkpoint,
         on_progress=None if on_progress is None else lambda done: on_progress(done, expected),
@@ -111,7 +99,7 @@ def load_snapshot(
         path="snapshot",
         version=source.version,
         rows=rows,
-        skipped_null_keys=skipped[0],
+        skipped_null_keys=preparer.skipped_null_keys,
         seconds=time.monotonic() - started,
         reason=reason,
     )

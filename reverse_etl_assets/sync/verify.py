@@ -8,12 +8,10 @@ Postgres computes a row count and an order-independent content hash (the sum of 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pyarrow as pa
 from psycopg import sql
 
 from reverse_etl_assets.errors import SourceError, SpecError
@@ -23,8 +21,8 @@ from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import STATE_SCHEMA
 from reverse_etl_assets.postgres.table_load import connections_for, copy_in_parallel
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.transform.cleaning import apply_invalid_characters, drop_null_keys
-from reverse_etl_assets.transform.types import PgColumn, pg_columns, to_wire
+from reverse_etl_assets.transform.cleaning import BatchPreparer
+from reverse_etl_assets.transform.types import PgColumn, pg_columns
 
 SAMPLE_KEYS = 5
 
@@ -135,19 +133,13 @@ def _load_expected(
 ) -> None:
     """The source rows, loaded like a sync loads them (NULL keys, NUL bytes, latest per key)."""
 
-    def wire() -> Iterator[pa.RecordBatch]:
-        for batch in read_batches(source):
-            batch, _ = drop_null_keys(batch, table.primary_key)
-            yield apply_invalid_characters(
-                to_wire(batch, columns),
-                columns,
-                policy=table.on_invalid_characters,
-                table=table.name,
-                key=table.primary_key,
-            )
-
+    preparer = BatchPreparer(
+        columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
+    )
     workers = connections_for(source.rows(), table.max_connections)
-    copy_in_parallel(dsn, STATE_SCHEMA, scratch, columns, wire(), workers, None)
+    copy_in_parallel(
+        dsn, STATE_SCHEMA, scratch, columns, preparer.stream(read_batches(source)), workers, None
+    )
     if table.timeseries_key:
         with connect(dsn, autocommit=True) as conn:
             conn.execute(

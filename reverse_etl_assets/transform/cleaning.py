@@ -5,11 +5,13 @@ All of it is vectorized (Arrow compute); a violation names the table, the column
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from reverse_etl_assets.errors import DataError
-from reverse_etl_assets.transform.types import PgColumn
+from reverse_etl_assets.transform.types import PgColumn, to_wire
 
 # A JSON \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
 _JSON_NUL = r"(?:^|[^\\])(?:\\\\)*\\u0000"
@@ -75,3 +77,34 @@ def _strip(array: pa.Array, *, json: bool) -> pa.Array:
     while pc.any(pc.match_substring_regex(array, _JSON_NUL)).as_py():
         array = pc.replace_substring_regex(array, _JSON_NUL_CAPTURE, r"\1")
     return array
+
+
+class BatchPreparer:
+    """Source batches -> wire batches: NULL-key rows dropped (and counted), columns converted
+    for the encoder, the NUL-byte policy applied. One object per load."""
+
+    def __init__(
+        self, columns: tuple[PgColumn, ...], *, key: tuple[str, ...], policy: str, table: str
+    ) -> None:
+        self.columns = columns
+        self.key = key
+        self.policy = policy
+        self.table = table
+        self.skipped_null_keys = 0
+
+    def prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """One batch, ready for `binary_copy.encode_rows`."""
+        batch, skipped = drop_null_keys(batch, self.key)
+        self.skipped_null_keys += skipped
+        return apply_invalid_characters(
+            to_wire(batch, self.columns),
+            self.columns,
+            policy=self.policy,
+            table=self.table,
+            key=self.key,
+        )
+
+    def stream(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Every batch of `batches`, prepared, lazily."""
+        for batch in batches:
+            yield self.prepare(batch)
