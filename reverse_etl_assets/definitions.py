@@ -14,6 +14,7 @@ from reverse_etl_assets.orchestration.assets import (
     synced_table_asset,
 )
 from reverse_etl_assets.orchestration.checks import equality_checks
+from reverse_etl_assets.orchestration.continuous import follower_sensor
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.orchestration.sensors import source_change_sensor
@@ -42,6 +43,9 @@ def build_definitions(spec: Spec) -> dg.Definitions:
     watched = [t for t in spec.synced_tables if t.on_source_change]
     if watched:
         sensors.append(source_change_sensor(watched))
+    followed = [t for t in spec.synced_tables if t.mode == "continuous"]
+    if followed:
+        sensors.append(follower_sensor(followed))
     return dg.Definitions(
         assets=[*sources.values(), *synced],
         asset_checks=checks,

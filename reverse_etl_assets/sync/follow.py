@@ -200,6 +200,7 @@ class _Follower:
         before = self.version
         result = sync_locked(self.session.conn, self.table, self.dsn)
         self.version = result.version
+        self.session.ensure_heartbeat()
         if result.path == "none":
             return False
         self.batches += 1
@@ -242,6 +243,7 @@ class _Session:
         self.error: psycopg.Error | None = None
         self._stopping = threading.Event()
         self._abandoned = False
+        self._recorded = False
         self._thread = threading.Thread(
             target=self._beat, name=f"heartbeat {table.name}", daemon=True
         )
@@ -271,6 +273,11 @@ class _Session:
         """Raise when the heartbeat found the connection (and so, maybe, the lock) gone."""
         if self.error is not None:
             raise TransientError(f"lost the connection holding the lock: {self.error}")
+
+    def ensure_heartbeat(self) -> None:
+        """Beat now if no beat landed yet: the first sync of a table creates its state row."""
+        if not self._recorded:
+            self._record_heartbeat()
 
     def checkpoint(self) -> int | None:
         """The table's last synced version, as stored."""
@@ -311,7 +318,7 @@ class _Session:
         self.conn.close()
 
     def _record_heartbeat(self) -> None:
-        state.record_heartbeat(
+        self._recorded = state.record_heartbeat(
             self.conn, name=self.table.name, pid=self.identity.pid, host=self.identity.host
         )
 

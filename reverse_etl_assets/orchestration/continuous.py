@@ -1,0 +1,154 @@
+"""Dagster supervision of continuous synced tables: one long-running follower run per table.
+
+A job per table runs the core follower until the run is terminated; a sensor starts it when no
+run of it is in flight and restarts it after it ends, backing off when it keeps failing.
+"""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from reverse_etl_assets.orchestration import metadata as md
+from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.sync.follow import follow_table
+from reverse_etl_assets.sync.snapshot import SyncResult
+
+SENSOR_NAME = "continuous_followers"
+SENSOR_INTERVAL_SECONDS = 30
+FOLLOWER_TAG = "reverse_etl/follower"
+# Runs looked at to count consecutive failures; restarts back off from the third in a row.
+RECENT_RUNS = 8
+BACKOFF_AFTER_FAILURES = 3
+MAX_RESTART_DELAY_SECONDS = 600.0
+# A follower applies batches every second; one materialization event per this many seconds.
+REPORT_EVERY_SECONDS = 30.0
+
+
+class FollowConfig(dg.Config):
+    """Run config of a follower run."""
+
+    max_seconds: float | None = None
+    """Stop (successfully) after this many seconds; unset: follow until the run is terminated."""
+
+
+def follower_job_name(table: SyncedTable) -> str:
+    """`follow__<name with dots as __>`."""
+    return "follow__" + table.name.replace(".", "__")
+
+
+def follower_job(table: SyncedTable) -> dg.JobDefinition:
+    """A job whose single op follows `table` (the code `reverse-etl follow` runs)."""
+    key = dg.AssetKey(table.asset_key_path)
+
+    @dg.op(name=f"{follower_job_name(table)}__op", description=f"Follow {table.name}.")
+    def _follow(
+        context: dg.OpExecutionContext, config: FollowConfig, postgres: PostgresTarget
+    ) -> None:
+        reported = [float("-inf")]
+
+        def on_sync(result: SyncResult) -> None:
+            context.log.info(
+                f"{table.name}: version {result.version} via {result.path}, "
+                f"{result.changes:,} changed keys in {result.seconds:.2f}s"
+            )
+            if time.monotonic() - reported[0] >= REPORT_EVERY_SECONDS:
+                reported[0] = time.monotonic()
+                context.log_event(dg.AssetMaterialization(asset_key=key, metadata=_facts(result)))
+
+        # Terminating the run interrupts this call: the batch in flight rolls back.
+        summary = follow_table(
+            table, postgres.get_dsn(), max_seconds=config.max_seconds, on_sync=on_sync
+        )
+        context.log.info(
+            f"{table.name}: stopped at version {summary.version} after {summary.versions} "
+            f"version(s) in {summary.batches} batch(es), {summary.reconnects} reconnect(s)"
+        )
+
+    @dg.job(
+        name=follower_job_name(table),
+        description=f"Follows the Delta source of {table.name} and applies each new version.",
+        tags={FOLLOWER_TAG: table.name},
+        executor_def=dg.in_process_executor,
+    )
+    def _job() -> None:
+        _follow()
+
+    return _job
+
+
+def restart_delay(consecutive_failures: int) -> float:
+    """Seconds to wait after the last failed run before starting another: none for the first
+    failures, then doubling from one sensor interval up to ten minutes."""
+    if consecutive_failures < BACKOFF_AFTER_FAILURES:
+        return 0.0
+    doublings = min(consecutive_failures - BACKOFF_AFTER_FAILURES, 10)
+    return float(min(SENSOR_INTERVAL_SECONDS * 2**doublings, MAX_RESTART_DELAY_SECONDS))
+
+
+def next_start(name: str, recent: Sequence[dg.RunRecord], *, now: float) -> tuple[str | None, str]:
+    """The run key of a new follower run for `name`, or None, and why; `recent` newest first."""
+    if not recent:
+        return f"{name}:first", "no follower run yet"
+    last = recent[0].dagster_run
+    if not last.is_finished:
+        return None, f"run {last.run_id} is {last.status.value}"
+    failures = 0
+    for record in recent:
+        if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+            break
+        failures += 1
+    wait = restart_delay(failures) - (now - (recent[0].end_time or now))
+    if wait > 0:
+        return None, f"{failures} failed runs in a row; restarting in {wait:.0f}s"
+    return f"{name}:after:{last.run_id}", f"run {last.run_id} ended {last.status.value}"
+
+
+def follower_sensor(tables: Sequence[SyncedTable]) -> dg.SensorDefinition:
+    """Keeps one follower run per continuous table in flight, never two."""
+    jobs = {t.name: follower_job(t) for t in tables}
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        jobs=list(jobs.values()),
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Starts the follower run of each continuous synced table when none is in "
+        "flight, and restarts it after it ends (backing off when it keeps failing).",
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        requests: list[dg.RunRequest] = []
+        reasons = []
+        for table in tables:
+            job = jobs[table.name]
+            recent = context.instance.get_run_records(
+                dg.RunsFilter(job_name=job.name), limit=RECENT_RUNS
+            )
+            run_key, reason = next_start(table.name, recent, now=time.time())
+            reasons.append(f"{table.name}: {reason}")
+            if run_key is not None:
+                context.log.info(f"starting the follower of {table.name} ({reason})")
+                requests.append(
+                    dg.RunRequest(
+                        run_key=run_key, job_name=job.name, tags={FOLLOWER_TAG: table.name}
+                    )
+                )
+        if requests:
+            return dg.SensorResult(run_requests=requests)
+        return dg.SensorResult(skip_reason="; ".join(reasons))
+
+    return _sensor
+
+
+def _facts(result: SyncResult) -> dict[str, Any]:
+    return {
+        md.DELTA_VERSION: result.version,
+        md.ROW_COUNT: result.rows,
+        md.MODE: result.mode,
+        md.SYNC_PATH: result.path,
+        md.CHANGES: result.changes,
+        md.DURATION_SECONDS: round(result.seconds, 3),
+        md.REASON: result.reason,
+    }
