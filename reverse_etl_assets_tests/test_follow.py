@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -344,6 +345,75 @@ def test_dropped_connections_are_reopened_and_nothing_is_lost(tmp_path: Path, pg
     assert postgres_rows(pg_dsn) == delta_rows(src)
     final = stored(pg_dsn)
     assert final is not None and final.rows == 53 and final.heartbeat_at is None
+
+
+class SeveringProxy:
+    """A TCP proxy to Postgres that can cut its clients off while keeping the server's side of
+    each connection open: what a network drop looks like to the server (sessions it keeps)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.clients: list[socket.socket] = []
+        self.servers: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self.clients.append(client)
+            self.servers.append(server)
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass  # one side was cut: leave the other as it is
+
+    def cut_clients(self) -> None:
+        for client in self.clients:
+            client.shutdown(socket.SHUT_RDWR)
+            client.close()
+        self.clients.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut_clients()
+        for server in self.servers:
+            server.close()
+
+
+def test_a_network_drop_leaves_orphan_sessions_the_follower_ends(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    proxy = SeveringProxy(str(params["host"]), int(str(params["port"])))
+    proxied = psycopg.conninfo.make_conninfo(pg_dsn, port=str(proxy.port))
+    src = tmp_path / "src"
+    write_delta(src, items(range(50)))
+    table = continuous(tmp_path, src)
+    try:
+        with following(table, proxied) as run:
+            wait_until(lambda: checkpoint(pg_dsn) == 0, timeout=30, what="the initial snapshot")
+            proxy.cut_clients()
+            write_delta(src, items([100]))
+            # The server still has the old session, holding the table's lock: the follower ends
+            # it (it is its own) instead of finding the table busy.
+            wait_until(lambda: checkpoint(pg_dsn) == 1, timeout=30, what="catching up")
+            summary = run.finish()
+    finally:
+        proxy.close()
+    assert summary.reconnects >= 1
+    assert postgres_rows(pg_dsn) == delta_rows(src)
 
 
 # The follower as a command.
