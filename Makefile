@@ -9,7 +9,7 @@ PG_DATA := data/postgres
 LAKE := data/lake
 DAGSTER_HOME_DIR := $(CURDIR)/data/dagster_home
 
-.PHONY: install demo dev stop test bench lint-fix clean
+.PHONY: install demo dev stop test bench bench-latency lint-fix clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ test: install
 
 bench: install
 	$(BIN)/python -m benchmarks.snapshot
+
+# Continuous mode: commit-to-visible latency (p50/p99) and sustained rows/s of a follower.
+bench-latency: install
+	$(BIN)/python -m benchmarks.latency
 
 lint-fix: install
 	$(BIN)/ruff check --fix .
