@@ -3,6 +3,7 @@ Postgres restart and dropped connections; clean shutdown; one follower per table
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -381,7 +382,8 @@ class SeveringProxy:
 
     def cut_clients(self) -> None:
         for client in self.clients:
-            client.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):  # already gone with its process
+                client.shutdown(socket.SHUT_RDWR)
             client.close()
         self.clients.clear()
 
@@ -414,6 +416,48 @@ def test_a_network_drop_leaves_orphan_sessions_the_follower_ends(
         proxy.close()
     assert summary.reconnects >= 1
     assert postgres_rows(pg_dsn) == delta_rows(src)
+
+
+@pytest.mark.slow
+def test_a_new_follower_takes_over_from_one_lost_with_its_machine(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    # Killed behind the proxy, the follower's sessions stay open on the server, holding the
+    # lock, as when its machine or network is lost; only its heartbeat stops.
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    proxy = SeveringProxy(str(params["host"]), int(str(params["port"])))
+    proxied = psycopg.conninfo.make_conninfo(pg_dsn, port=str(proxy.port))
+    src = tmp_path / "lake/analytics/gold/items"
+    write_delta(src, items(range(100)))
+    try:
+        lost = start_cli(spec_env(tmp_path, proxied), "follow", NAME)
+        wait_until(lambda: checkpoint(pg_dsn) == 0, timeout=60, what="the initial snapshot")
+        wait_until(lambda: heartbeat(pg_dsn) is not None, timeout=10, what="a heartbeat")
+        os.kill(lost.pid, signal.SIGKILL)
+        lost.wait(timeout=30)
+        env = spec_env(tmp_path, pg_dsn)
+        assert fetch(
+            pg_dsn,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        ) == [(1,)]
+        wait_until(
+            lambda: status_json(env)["detailed_state"] == states.ONLINE_PIPELINE_FAILED,
+            timeout=30,
+            what="the lost follower to show as dead",
+        )
+        write_delta(src, items([100]))
+        done = subprocess.run(
+            [*CLI, "follow", NAME, "--max-seconds", "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stderr
+    assert f"the follower pid {lost.pid} on " in done.stderr and "taking over" in done.stderr
+    assert checkpoint(pg_dsn) == 1 and postgres_rows(pg_dsn) == delta_rows(src)
 
 
 # The follower as a command.

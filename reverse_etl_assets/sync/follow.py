@@ -25,7 +25,7 @@ from reverse_etl_assets.lake.log import commit_exists, open_log
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.lock import try_lock_table, unlock_table
+from reverse_etl_assets.sync.lock import lock_holders, try_lock_table, unlock_table
 from reverse_etl_assets.sync.run import sync_locked
 from reverse_etl_assets.sync.snapshot import SyncResult
 
@@ -259,7 +259,7 @@ class _Session:
             protection.ensure_guard_function(conn)
             if after_loss:
                 _end_orphans(conn, identity.application_name)
-            if not try_lock_table(conn, table.name):
+            if not try_lock_table(conn, table.name) and not _take_over(conn, table):
                 raise FollowerBusy(_busy_message(conn, table))
             session = cls(conn, table, identity)
             session._record_heartbeat()
@@ -344,6 +344,36 @@ def _end_orphans(conn: psycopg.Connection, application_name: str) -> None:
         )
     except psycopg.errors.InsufficientPrivilege as exc:
         log.warning("cannot end the follower's previous sessions: %s", exc)
+
+
+def _take_over(conn: psycopg.Connection, table: SyncedTable) -> bool:
+    """End the session holding the lock when it is a follower's whose heartbeat went stale: a
+    lost machine or network leaves its session (and the lock) on the server for hours. True
+    when the lock is now ours."""
+    stored = state.read_state(conn, table.name)
+    if stored is None or stored.heartbeat_at is None or stored.read_at is None:
+        return False
+    silent = (stored.read_at - stored.heartbeat_at).total_seconds()
+    holders = lock_holders(conn, table.name)
+    if silent <= follower_timeout(table) or not holders:
+        return False
+    if not all(name.startswith(APPLICATION_PREFIX) for _, name in holders):
+        return False  # a sync, not a follower, holds it
+    log.warning(
+        "%s: the follower pid %s on %s sent no heartbeat for %.0fs but its session still holds "
+        "the lock; ending that session and taking over",
+        table.name,
+        stored.follower_pid,
+        stored.follower_host,
+        silent,
+    )
+    try:
+        for pid, _ in holders:
+            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        log.warning("%s: cannot end that session: %s", table.name, exc)
+        return False
+    return try_lock_table(conn, table.name)
 
 
 def _busy_message(conn: psycopg.Connection, table: SyncedTable) -> str:

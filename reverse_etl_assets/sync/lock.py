@@ -42,3 +42,18 @@ def try_lock_table(conn: psycopg.Connection, name: str) -> bool:
 def unlock_table(conn: psycopg.Connection, name: str) -> None:
     """Release the lock of `name` taken on this connection."""
     conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key(name),))
+
+
+def lock_holders(conn: psycopg.Connection, name: str) -> list[tuple[int, str]]:
+    """The sessions holding the lock of `name`: (pid, application_name)."""
+    # A one-bigint advisory lock shows in pg_locks split in halves: classid high, objid low.
+    rows = conn.execute(
+        "SELECT l.pid, coalesce(a.application_name, '') FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+        "AND l.classid = ((hashtext(%(key)s)::bigint >> 32) & 4294967295)::oid "
+        "AND l.objid = (hashtext(%(key)s)::bigint & 4294967295)::oid "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        {"key": lock_key(name)},
+    ).fetchall()
+    return [(int(pid), str(app)) for pid, app in rows]
