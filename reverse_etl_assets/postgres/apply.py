@@ -6,6 +6,7 @@ USING, one INSERT ... ON CONFLICT DO UPDATE that skips rows that did not change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -57,20 +58,18 @@ def apply_changes(
     table: str,
     columns: tuple[PgColumn, ...],
     key: tuple[str, ...],
-    upserts: list[pa.RecordBatch],
-    deletes: list[pa.RecordBatch],
+    upserts: Iterable[pa.RecordBatch],
+    deletes: Iterable[pa.RecordBatch],
     timeseries_key: str | None,
 ) -> Applied:
     """Stage and apply; the caller's transaction makes it atomic with the checkpoint."""
     key_columns = tuple(c for c in columns if c.name in key)
     key_columns = tuple(sorted(key_columns, key=lambda c: key.index(c.name)))
     deleted = 0
-    if deletes:
-        _stage(conn, STAGE_DELETES, key_columns, deletes)
+    if _stage(conn, STAGE_DELETES, key_columns, deletes):
         deleted = conn.execute(delete_statement(schema, table, key)).rowcount
     inserted = updated = 0
-    if upserts:
-        _stage(conn, STAGE_UPSERTS, columns, upserts)
+    if _stage(conn, STAGE_UPSERTS, columns, upserts):
         names = tuple(c.name for c in columns)
         counted = conn.execute(
             sql.SQL(
@@ -88,22 +87,27 @@ def _stage(
     conn: psycopg.Connection,
     name: str,
     columns: tuple[PgColumn, ...],
-    batches: list[pa.RecordBatch],
-) -> None:
+    batches: Iterable[pa.RecordBatch],
+) -> int:
+    """COPY the batches into a new temp table (dropped at commit); return the rows staged."""
     cols = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.ddl)) for c in columns
     )
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), cols)
     )
+    staged = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal staged
+        for batch in batches:
+            if batch.num_rows:
+                staged += batch.num_rows
+                yield binary_copy.encode_rows(batch, columns)
+
     with conn.cursor() as cur:
-        binary_copy.copy_rows(
-            cur,
-            schema="pg_temp",
-            table=name,
-            columns=columns,
-            chunks=(binary_copy.encode_rows(b, columns) for b in batches if b.num_rows),
-        )
+        binary_copy.copy_rows(cur, schema="pg_temp", table=name, columns=columns, chunks=chunks())
+    return staged
 
 
 def delete_statement(schema: str, table: str, key: tuple[str, ...]) -> sql.Composed:

@@ -62,6 +62,7 @@ def sync_incremental(
         timeseries_key=table.timeseries_key,
         table=table.name,
     )
+    del changes  # the raw feed can be several times the net changes: free it before applying
     rows = stored.rows or 0
     if net.count and net.count > table.full_refresh_threshold * rows:
         share = f"{net.count:,} changed keys > {table.full_refresh_threshold:.0%} of {rows:,} rows"
@@ -105,10 +106,10 @@ def _apply(
     preparer = BatchPreparer(
         columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
     )
-    upserts = list(preparer.stream(net.upserts.to_batches(max_chunksize=65_536)))
+    upserts = preparer.stream(net.upserts.to_batches(max_chunksize=65_536))
     key_columns = tuple(c for c in columns if c.name in table.primary_key)
     key_columns = tuple(sorted(key_columns, key=lambda c: table.primary_key.index(c.name)))
-    deletes = [to_wire(b, key_columns) for b in net.deletes.to_batches(max_chunksize=65_536)]
+    deletes = (to_wire(b, key_columns) for b in net.deletes.to_batches(max_chunksize=65_536))
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
         protection.allow_pipeline_writes(conn)

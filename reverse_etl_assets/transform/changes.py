@@ -15,6 +15,7 @@ from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.lake.changes import CHANGE_TYPE, COMMIT_VERSION
 
 _ORDER = "__retl_order"
+_ROW = "__retl_row"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,10 +40,17 @@ def net_changes(
     timeseries_key: str | None,
     table: str,
 ) -> NetChanges:
-    """One net change per key; two new rows for one key in one version is a duplicate key."""
-    frame = pl.from_arrow(changes)
+    """One net change per key; two new rows for one key in one version is a duplicate key.
+
+    The ordering works on a narrow frame (keys, change type, version, row number); the wide rows
+    are taken from the Arrow table once, at the end, so memory stays near the feed's own size.
+    """
+    narrow = [*key, CHANGE_TYPE, COMMIT_VERSION]
+    if timeseries_key is not None:
+        narrow.append(timeseries_key)
+    frame = pl.from_arrow(changes.select(narrow), rechunk=False)
     assert isinstance(frame, pl.DataFrame)
-    frame = frame.filter(pl.col(CHANGE_TYPE) != "update_preimage")
+    frame = frame.with_row_index(_ROW).filter(pl.col(CHANGE_TYPE) != "update_preimage")
     has_null_key = pl.any_horizontal([pl.col(k).is_null() for k in key])
     skipped = frame.filter(has_null_key).height
     frame = frame.filter(~has_null_key).with_columns(
@@ -53,9 +61,11 @@ def net_changes(
         subset=list(key), keep="last", maintain_order=True
     )
     is_delete = pl.col(CHANGE_TYPE) == "delete"
+    wide = pl.from_arrow(changes.select(columns), rechunk=False)
+    assert isinstance(wide, pl.DataFrame)
     return NetChanges(
-        upserts=last.filter(~is_delete).select(columns).to_arrow(),
-        deletes=last.filter(is_delete).select(list(key)).to_arrow(),
+        upserts=wide[last.filter(~is_delete).get_column(_ROW)].to_arrow(),
+        deletes=wide.select(list(key))[last.filter(is_delete).get_column(_ROW)].to_arrow(),
         skipped_null_keys=skipped,
     )
 
