@@ -1,0 +1,1 @@
+"""Benchmarks: figures and ratios to a ceiling measured in the same run; never a CI gate."""

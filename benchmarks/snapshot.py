@@ -1,0 +1,368 @@
+"""Snapshot sync speed and memory against the ceiling, measured in the same run (`make bench`).
+
+Ceiling: psql's \\copy of a pre-encoded binary COPY file into an index-free table, then the primary
+key built. Each sync runs in a fresh interpreter so its peak RSS is its own. Prints, never gates.
+Target: REVERSE_ETL_PG_DSN or the embedded cluster, database `reverse_etl_bench` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from reverse_etl_assets import settings
+from reverse_etl_assets.lake.source import open_source, read_batches
+from reverse_etl_assets.postgres import binary_copy, ddl
+from reverse_etl_assets.spec import SyncedTable, parse_spec
+from reverse_etl_assets.transform.types import PgColumn, pg_columns, to_wire
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "data" / "bench"
+RESULTS = BENCH_DIR / "results-snapshot.json"
+DATABASE = "reverse_etl_bench"
+SCHEMA = "bench"
+CEILING_TABLE = "ceiling"
+SIZES = (2_000_000, 8_000_000)
+GENERATE_CHUNK = 1_000_000
+GOAL_RATIO = 0.8
+GOAL_RSS_MB = 300
+FLAT_TOLERANCE = 1.10  # "flat": the largest table peaks within 10% of the smallest
+
+SCHEMA_ARROW = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        ("name", pa.string()),
+        ("email", pa.string()),
+        ("city", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("amount", pa.decimal128(10, 2)),
+        ("score", pa.float64()),
+        ("active", pa.bool_()),
+        ("day", pa.date32()),
+        ("qty", pa.int32()),
+    ]
+)
+
+
+def main() -> None:
+    """Run the benchmark, or (with --sync-child) one sync in this process."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3, help="timings per measurement (median)")
+    parser.add_argument("--sync-child", type=int, metavar="ROWS", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sync_child:
+        sync_once(args.sync_child)
+        return
+    run(repeat=args.repeat)
+
+
+def run(*, repeat: int) -> None:
+    """Generate the tables if missing, measure ceiling and sync at each size, print and save.
+
+    At each size the runs alternate (ceiling, sync, ceiling, ...) so load drifting on a shared
+    machine hits both alike; each figure is the median of its runs.
+    """
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    for rows in SIZES:
+        ensure_table(rows)
+    dsn = bench_dsn(settings.pg_dsn())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+        conn.execute(ddl.create_schema(SCHEMA))
+    try:
+        sizes = [measure_size(dsn, rows, repeat=repeat) for rows in SIZES]
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+    results = summarize(sizes)
+    print_results(results)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults written to {RESULTS.relative_to(ROOT)}")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def table_path(rows: int) -> Path:
+    """Where the benchmark Delta table of `rows` rows lives."""
+    return BENCH_DIR / f"snapshot_{rows // 1_000_000}m"
+
+
+def ensure_table(rows: int) -> None:
+    """Write the deterministic benchmark table unless it is already there."""
+    from deltalake import write_deltalake
+
+    path = table_path(rows)
+    if (path / "_delta_log" / "00000000000000000000.json").exists():
+        return
+    print(f"generating {rows:,} rows into {path.relative_to(ROOT)} ...", flush=True)
+    reader = pa.RecordBatchReader.from_batches(SCHEMA_ARROW, _generated_batches(rows))
+    write_deltalake(str(path), reader, mode="overwrite")
+
+
+def _generated_batches(rows: int) -> Iterator[pa.RecordBatch]:
+    import polars as pl
+
+    for start in range(0, rows, GENERATE_CHUNK):
+        stop = min(rows, start + GENERATE_CHUNK)
+        i = pl.col("id")
+        frame = pl.select(id=pl.int_range(start, stop, dtype=pl.Int64)).with_columns(
+            name=pl.format("name_{}", i % 100_000),
+            email=pl.format("user{}@example.com", i),
+            city=pl.format("city_{}", i % 1_000),
+            ts=(pl.lit(1_600_000_000_000_000) + i * 1_000).cast(pl.Datetime("us", "UTC")),
+            amount=(((i * 7_919) % 10_000_000).cast(pl.Decimal(10, 2)) / 100).cast(
+                pl.Decimal(10, 2)
+            ),
+            score=(i * 0.618) % 1.0,
+            active=(i % 3) == 0,
+            day=(i % 20_000).cast(pl.Int32).cast(pl.Date),
+            qty=(i % 1_000).cast(pl.Int32),
+        )
+        yield from frame.to_arrow().cast(SCHEMA_ARROW).to_batches()
+
+
+def synced_table(rows: int) -> SyncedTable:
+    """The spec entry a sync of the `rows` table runs with (defaults everywhere else)."""
+    spec = parse_spec(
+        {
+            "synced_tables": [
+                {
+                    "name": f"bench.{SCHEMA}.{table_path(rows).name}",
+                    "source": str(table_path(rows)),
+                    "primary_key": ["id"],
+                }
+            ]
+        },
+        path=BENCH_DIR / "bench.yaml",
+    )
+    return spec.synced_tables[0]
+
+
+# --- Postgres ---------------------------------------------------------------------------------
+
+
+def bench_dsn(dsn: str) -> str:
+    """The DSN of the dedicated benchmark database, created on first use."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if exists.fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+    return psycopg.conninfo.make_conninfo(dsn, dbname=DATABASE)
+
+
+def checkpoint(dsn: str) -> None:
+    """Flush the previous load's WAL so it does not land inside the next timing."""
+    # Not a superuser: no checkpoint, and timings are a little noisier.
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        contextlib.suppress(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("CHECKPOINT")
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+def measure_size(dsn: str, rows: int, *, repeat: int) -> dict[str, Any]:
+    """Ceiling and sync of the `rows` table, `repeat` times each, alternating."""
+    copy_file = BENCH_DIR / "ceiling.copy"
+    ceiling: list[float] = []
+    syncs: list[dict[str, Any]] = []
+    try:
+        columns = encode_ceiling_file(rows, copy_file)
+        for attempt in range(1, repeat + 1):
+            ceiling.append(time_ceiling(dsn, copy_file, columns))
+            syncs.append(time_sync(dsn, rows))
+            print(
+                f"  {rows:,} rows, run {attempt}: ceiling {ceiling[-1]:.2f} s, "
+                f"sync {syncs[-1]['seconds']:.2f} s, peak RSS {syncs[-1]['peak_rss_mb']:.0f} MB "
+                f"(after imports {syncs[-1]['import_rss_mb']:.0f} MB)",
+                flush=True,
+            )
+    finally:
+        copy_file.unlink(missing_ok=True)
+    synced = {s["rows"] for s in syncs}
+    if synced != {rows}:
+        raise SystemExit(f"the sync of the {rows:,}-row table landed {synced} rows")
+    return {
+        "rows": rows,
+        "ceiling_seconds": statistics.median(ceiling),
+        "sync_seconds": statistics.median(s["seconds"] for s in syncs),
+        # Memory is the steadier figure: report the worst run.
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in syncs),
+        "import_rss_mb": max(s["import_rss_mb"] for s in syncs),
+        "ceiling_runs": ceiling,
+        "sync_runs": [s["seconds"] for s in syncs],
+        "peak_rss_runs": [s["peak_rss_mb"] for s in syncs],
+    }
+
+
+def encode_ceiling_file(rows: int, path: Path) -> tuple[PgColumn, ...]:
+    """Write the `rows` table as one binary COPY stream with the project's own encoder."""
+    source = open_source(str(table_path(rows)), storage_options={})
+    columns = pg_columns(source.schema, table=CEILING_TABLE)
+    print(f"encoding the {rows:,}-row ceiling file (not timed) ...", flush=True)
+    with path.open("wb") as out:
+        out.write(binary_copy.HEADER)
+        for batch in read_batches(source):
+            out.write(binary_copy.encode_rows(to_wire(batch, columns), columns))
+        out.write(binary_copy.TRAILER)
+    return columns
+
+
+def time_ceiling(dsn: str, copy_file: Path, columns: tuple[PgColumn, ...]) -> float:
+    """Seconds of psql \\copy of `copy_file` into a fresh index-free table + ADD PRIMARY KEY."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ddl.drop_table(SCHEMA, CEILING_TABLE))
+        conn.execute(ddl.create_table(SCHEMA, CEILING_TABLE, columns))
+        table = ddl.qualified(SCHEMA, CEILING_TABLE).as_string(conn)
+        add_key = ddl.add_primary_key(SCHEMA, CEILING_TABLE, f"{CEILING_TABLE}_pkey", ("id",))
+        add_key_sql = add_key.as_string(conn)
+    checkpoint(dsn)
+    psql = shutil.which("psql") or "/usr/bin/psql"
+    command = [psql, dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    command += ["-c", f"\\copy {table} FROM '{copy_file}' WITH (FORMAT binary)"]
+    # The same setting the sync builds its keys with.
+    command += ["-c", "SET maintenance_work_mem = '256MB'", "-c", add_key_sql]
+    started = time.monotonic()
+    subprocess.run(command, check=True)
+    seconds = time.monotonic() - started
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ddl.drop_table(SCHEMA, CEILING_TABLE))
+    return seconds
+
+
+def time_sync(dsn: str, rows: int) -> dict[str, Any]:
+    """Seconds and peak RSS of one snapshot sync of the `rows` table, in a fresh interpreter."""
+    checkpoint(dsn)
+    child = subprocess.run(
+        [sys.executable, "-m", "benchmarks.snapshot", "--sync-child", str(rows)],
+        cwd=ROOT,
+        env={**os.environ, settings.ENV_PG_DSN: dsn},
+        capture_output=True,
+        text=True,
+    )
+    if child.returncode != 0:
+        raise SystemExit(f"the sync of {rows:,} rows failed:\n{child.stderr}")
+    result: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    return result
+
+
+def sync_once(rows: int) -> None:
+    """One snapshot sync in this (fresh) process; prints seconds and peak RSS as a JSON line."""
+    from reverse_etl_assets.sync.run import sync_table
+
+    table = synced_table(rows)
+    import_rss = _peak_rss_mb()
+    started = time.monotonic()
+    result = sync_table(table, settings.pg_dsn(), full_refresh=True)
+    seconds = time.monotonic() - started
+    report = {
+        "rows": result.rows,
+        "seconds": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "import_rss_mb": import_rss,
+    }
+    print(json.dumps(report))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. Linux's ru_maxrss survives exec, so a child forked from a big
+    parent would report the parent's peak; VmHWM belongs to the current address space only."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rates, ratios and goal checks as one JSON-able document."""
+    smallest_ceiling = sizes[0]["rows"] / sizes[0]["ceiling_seconds"]
+    figures = []
+    for size in sizes:
+        ceiling_rate = size["rows"] / size["ceiling_seconds"]
+        sync_rate = size["rows"] / size["sync_seconds"]
+        figures.append(
+            {
+                **size,
+                "ceiling_rows_per_second": ceiling_rate,
+                "sync_rows_per_second": sync_rate,
+                "ratio": sync_rate / ceiling_rate,
+                "ratio_to_smallest_ceiling": sync_rate / smallest_ceiling,
+            }
+        )
+    small, large = figures[0], figures[-1]
+    return {
+        "sizes": figures,
+        "goals": {
+            "ratio": {"goal": GOAL_RATIO, "met": all(f["ratio"] >= GOAL_RATIO for f in figures)},
+            "peak_rss_mb": {
+                "goal": GOAL_RSS_MB,
+                "met": all(f["peak_rss_mb"] <= GOAL_RSS_MB for f in figures),
+            },
+            "flat_rss": {
+                "goal": f"largest within {FLAT_TOLERANCE - 1:.0%} of smallest",
+                "met": large["peak_rss_mb"] <= small["peak_rss_mb"] * FLAT_TOLERANCE,
+            },
+        },
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+    }
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """The results as a table, goals last."""
+    print(f"\n{'':<15}{'rows':>11}{'seconds':>9}{'rows/s':>11}{'ratio':>7}{'peak RSS MB':>13}")
+    for f in results["sizes"]:
+        print(
+            f"{'ceiling':<15}{f['rows']:>11,}{f['ceiling_seconds']:>9.2f}"
+            f"{f['ceiling_rows_per_second']:>11,.0f}{'1.00':>7}{'-':>13}"
+        )
+        print(
+            f"{'snapshot sync':<15}{f['rows']:>11,}{f['sync_seconds']:>9.2f}"
+            f"{f['sync_rows_per_second']:>11,.0f}{f['ratio']:>7.2f}{f['peak_rss_mb']:>13.0f}"
+        )
+    print(
+        "ceiling: psql \\copy of a pre-encoded binary file into an index-free table + primary key"
+    )
+    print("seconds: median of the runs; peak RSS: highest run; ratio: to the same-size ceiling")
+    smallest = results["sizes"][0]
+    for f in results["sizes"][1:]:
+        print(
+            f"{f['rows']:,} rows against the {smallest['rows']:,}-row ceiling: "
+            f"ratio {f['ratio_to_smallest_ceiling']:.2f}"
+        )
+    goals = results["goals"]
+    print(
+        f"\ngoals: ratio >= {GOAL_RATIO}: {_verdict(goals['ratio'])}; "
+        f"peak RSS <= {GOAL_RSS_MB} MB: {_verdict(goals['peak_rss_mb'])}; "
+        f"peak RSS flat as rows grow 4x: {_verdict(goals['flat_rss'])}"
+    )
+
+
+def _verdict(goal: dict[str, Any]) -> str:
+    return "met" if goal["met"] else "MISSED"
+
+
+if __name__ == "__main__":
+    main()
