@@ -101,7 +101,9 @@ def copy_in_parallel(
     on_progress: Callable[[int], None] | None,
 ) -> int:
     """Encode batches here and stream them to `workers` COPY connections; first error wins."""
-    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=workers * 2)
+    # One encoded chunk waiting per connection: Postgres, not the encoder, is the bottleneck, so
+    # a deeper queue only held more chunks (measured: no faster, ~10 MB more at 8M rows).
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=workers)
     failures: list[BaseException] = []
     stop = threading.Event()
 
