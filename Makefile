@@ -48,6 +48,7 @@ test: install
 
 bench: install
 	$(BIN)/python -m benchmarks.snapshot
+	$(BIN)/python -m benchmarks.incremental
 
 # Continuous mode: commit-to-visible latency (p50/p99) and sustained rows/s of a follower.
 bench-latency: install
