@@ -9,6 +9,7 @@ import time
 import dagster as dg
 
 from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets import states
 from reverse_etl_assets.orchestration import metadata as md
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.spec import THREE_PART, SyncedTable
@@ -93,6 +94,7 @@ def synced_table_asset(table: SyncedTable) -> dg.AssetsDefinition:
                 md.DURATION_SECONDS: round(result.seconds, 3),
                 md.SKIPPED_NULL_KEYS: result.skipped_null_keys,
                 md.CHANGES: result.changes,
+                md.DETAILED_STATE: states.ONLINE_NO_PENDING_UPDATE,
                 md.REASON: result.reason,
             },
             data_version=dg.DataVersion(str(result.version)),
