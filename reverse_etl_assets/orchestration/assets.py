@@ -8,8 +8,8 @@ import time
 
 import dagster as dg
 
-from reverse_etl_assets.lake.source import open_source
 from reverse_etl_assets import states
+from reverse_etl_assets.lake.source import open_source
 from reverse_etl_assets.orchestration import metadata as md
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.spec import THREE_PART, SyncedTable
