@@ -3,6 +3,7 @@ exactly one run of it in flight, run against a real instance, Postgres and Delta
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +69,30 @@ def test_each_continuous_table_gets_one_follower_job(tmp_path: Path) -> None:
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert [j.name for j in sensor.jobs] == [JOB]  # the triggered table has none
+
+
+def test_sensor_backs_off_when_the_follower_keeps_failing(tmp_path: Path) -> None:
+    defs = build_definitions(make_spec(tmp_path, tmp_path / "src"))
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    job = defs.resolve_job_def(JOB)
+    with dg.instance_for_test() as instance:
+
+        def fail_once() -> Any:
+            return instance.create_run_for_job(
+                job_def=job, status=dg.DagsterRunStatus.FAILURE, tags={FOLLOWER_TAG: NAME}
+            )
+
+        def tick() -> Any:
+            context = dg.build_sensor_context(instance=instance, definitions=defs)
+            return sensor.evaluate_tick(context)
+
+        fail_once()
+        second = fail_once()
+        assert [r.run_key for r in tick().run_requests] == [f"{NAME}:after:{second.run_id}"]
+        fail_once()
+        waiting = tick()
+        assert waiting.run_requests == []
+        assert re.search(r"3 failed runs in a row; restarting in (29|30)s", waiting.skip_message)
 
 
 @pytest.mark.slow

@@ -6,10 +6,12 @@ run of it is in flight and restarts it after it ends, backing off when it keeps 
 
 import time
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 import dagster as dg
 
+from reverse_etl_assets import states
 from reverse_etl_assets.orchestration import metadata as md
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.spec import SyncedTable
@@ -100,7 +102,7 @@ def next_start(name: str, recent: Sequence[dg.RunRecord], *, now: float) -> tupl
         if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
             break
         failures += 1
-    wait = restart_delay(failures) - (now - (recent[0].end_time or now))
+    wait = restart_delay(failures) - (now - _ended_at(recent[0]))
     if wait > 0:
         return None, f"{failures} failed runs in a row; restarting in {wait:.0f}s"
     return f"{name}:after:{last.run_id}", f"run {last.run_id} ended {last.status.value}"
@@ -142,8 +144,17 @@ def follower_sensor(tables: Sequence[SyncedTable]) -> dg.SensorDefinition:
     return _sensor
 
 
+def _ended_at(record: dg.RunRecord) -> float:
+    """When a finished run ended (its last update, for a run that never started)."""
+    if record.end_time is not None:
+        return record.end_time
+    updated = record.update_timestamp
+    return (updated if updated.tzinfo else updated.replace(tzinfo=UTC)).timestamp()
+
+
 def _facts(result: SyncResult) -> dict[str, Any]:
     return {
+        md.DETAILED_STATE: states.ONLINE_CONTINUOUS_UPDATE,
         md.DELTA_VERSION: result.version,
         md.ROW_COUNT: result.rows,
         md.MODE: result.mode,

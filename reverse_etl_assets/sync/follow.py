@@ -152,14 +152,13 @@ class _Follower:
                         self.session = self._open_session()
                         next_full_check = 0.0
                     self.session.check()
+                    moved = False
                     if time.monotonic() >= next_full_check or self._next_commit_exists():
                         moved = self._sync()
                         next_full_check = time.monotonic() + FULL_CHECK_SECONDS
-                        backoff.reset()
-                        if moved:
-                            continue  # more versions may have landed meanwhile: look at once
                     backoff.reset()
-                    self._sleep(self.table.poll_interval_seconds, deadline)
+                    if not moved:  # after a batch, look again at once: more may have landed
+                        self._sleep(self.table.poll_interval_seconds, deadline)
                 except RETRYABLE as exc:
                     delay = backoff.next()
                     log.warning("%s: %s; retrying in %.1fs", self.table.name, exc, delay)
