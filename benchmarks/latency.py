@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=LATENCY_SECONDS, help="writer duration")
     parser.add_argument("--versions", type=int, default=THROUGHPUT_VERSIONS)
     args = parser.parse_args()
-    dsn = bench_dsn(os.environ.get(settings.ENV_PG_DSN) or settings.pg_dsn())
+    dsn = bench_dsn(settings.pg_dsn())  # REVERSE_ETL_PG_DSN, else the embedded cluster
     shutil.rmtree(BENCH_DIR, ignore_errors=True)
     BENCH_DIR.mkdir(parents=True)
     spec = write_spec()
