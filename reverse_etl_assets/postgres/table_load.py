@@ -35,6 +35,7 @@ class TableTarget:
     timeseries_key: str | None = None
     readers: tuple[str, ...] = ()
     max_connections: int = 4
+    fillfactor: int | None = None
     label: str = ""
 
 
@@ -57,7 +58,7 @@ def replace_table(
     with connect(dsn, autocommit=True) as control:
         control.execute(ddl.create_schema(schema))
         control.execute(ddl.drop_table(schema, staging))
-        control.execute(ddl.create_table(schema, staging, columns))
+        control.execute(ddl.create_table(schema, staging, columns, fillfactor=target.fillfactor))
         try:
             workers = connections_for(expected_rows, target.max_connections)
             sent = copy_in_parallel(dsn, schema, staging, columns, batches, workers, on_progress)

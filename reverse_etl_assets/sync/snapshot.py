@@ -19,6 +19,10 @@ from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.cleaning import BatchPreparer
 from reverse_etl_assets.transform.types import PgColumn
 
+# Tables that take increments keep 10% of each page free, so most updates stay on their page
+# (HOT: no new index entry); measured on the incremental benchmark.
+INCREMENTAL_FILLFACTOR = 90
+
 Progress = Callable[[int, int | None], None]
 
 
@@ -85,6 +89,7 @@ def load_snapshot(
             timeseries_key=table.timeseries_key,
             readers=table.readers,
             max_connections=table.max_connections,
+            fillfactor=None if table.mode == "snapshot" else INCREMENTAL_FILLFACTOR,
             label=table.name,
         ),
         columns,
