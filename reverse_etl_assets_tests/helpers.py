@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import psycopg
 import pyarrow as pa
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 from psycopg import sql
 
 from reverse_etl_assets.spec import Spec, SyncedTable, parse_spec
@@ -59,3 +60,21 @@ def rows_of(dsn: str, schema: str, table: str, order_by: str) -> list[tuple[Any,
 def table_exists(dsn: str, schema: str, table: str) -> bool:
     """Whether schema.table exists."""
     return bool(fetch(dsn, "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}"."{table}"',))[0][0])
+
+
+def items(ids: range | list[int], tag: str = "v") -> pa.Table:
+    """A small (id, v) table: v is `tag` followed by the id."""
+    ids = list(ids)
+    return pa.table({"id": pa.array(ids, pa.int64()), "v": [f"{tag}{i}" for i in ids]})
+
+
+def postgres_rows(dsn: str, table: str = "gold.items_synced") -> list[tuple[Any, ...]]:
+    """Every row of a synced table, by id."""
+    return fetch(dsn, f"SELECT * FROM {table} ORDER BY id")
+
+
+def delta_rows(path: Path, version: int | None = None) -> list[tuple[Any, ...]]:
+    """Every row of a Delta table at a version, by id, as Postgres returns them."""
+    frame = pl.from_arrow(DeltaTable(str(path), version=version).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return [tuple(r) for r in frame.sort("id").iter_rows()]

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import psycopg
 import pyarrow as pa
 import pytest
@@ -38,25 +37,17 @@ from reverse_etl_assets.sync.follow import FollowSummary, follow_table, follower
 from reverse_etl_assets.sync.incremental import SchemaChangeError
 from reverse_etl_assets.sync.snapshot import SyncResult
 from reverse_etl_assets.sync.status import table_status
-from reverse_etl_assets_tests.helpers import fetch, one_table, write_delta
+from reverse_etl_assets_tests.helpers import (
+    delta_rows,
+    fetch,
+    items,
+    one_table,
+    postgres_rows,
+    write_delta,
+)
 
 NAME = "lakebase.gold.items_synced"
 CLI = [sys.executable, "-m", "reverse_etl_assets.cli"]
-
-
-def items(ids: range | list[int], tag: str = "v") -> pa.Table:
-    ids = list(ids)
-    return pa.table({"id": pa.array(ids, pa.int64()), "v": [f"{tag}{i}" for i in ids]})
-
-
-def postgres_rows(dsn: str) -> list[tuple[object, ...]]:
-    return fetch(dsn, "SELECT * FROM gold.items_synced ORDER BY id")
-
-
-def delta_rows(path: Path, version: int | None = None) -> list[tuple[object, ...]]:
-    frame = pl.from_arrow(DeltaTable(str(path), version=version).to_pyarrow_table())
-    assert isinstance(frame, pl.DataFrame)
-    return [tuple(r) for r in frame.sort("id").iter_rows()]
 
 
 def stored(dsn: str) -> TableState | None:

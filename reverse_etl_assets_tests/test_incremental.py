@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import polars as pl
 import psycopg
 import pyarrow as pa
 import pytest
@@ -24,25 +23,16 @@ from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.sync.incremental import SchemaChangeError
 from reverse_etl_assets.sync.run import sync_table
-from reverse_etl_assets_tests.helpers import fetch, one_table, write_delta
+from reverse_etl_assets_tests.helpers import (
+    delta_rows,
+    fetch,
+    items,
+    one_table,
+    postgres_rows,
+    write_delta,
+)
 
 NAME = "lakebase.gold.items_synced"
-
-
-def items(ids: range | list[int], tag: str = "v") -> pa.Table:
-    ids = list(ids)
-    return pa.table({"id": pa.array(ids, pa.int64()), "v": [f"{tag}{i}" for i in ids]})
-
-
-def postgres_rows(dsn: str) -> list[tuple[object, ...]]:
-    return fetch(dsn, "SELECT * FROM gold.items_synced ORDER BY id")
-
-
-def delta_rows(path: Path, version: int | None = None) -> list[tuple[object, ...]]:
-    data = DeltaTable(str(path), version=version).to_pyarrow_table()
-    frame = pl.from_arrow(data)
-    assert isinstance(frame, pl.DataFrame)
-    return [tuple(r) for r in frame.sort("id").iter_rows()]
 
 
 def stored(dsn: str) -> TableState:
