@@ -20,10 +20,11 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from reverse_etl_assets import states
-from reverse_etl_assets.definitions import load_definitions
+from reverse_etl_assets.definitions import build_definitions, load_definitions
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.postgres.state import read_state
-from reverse_etl_assets.settings import ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
+from reverse_etl_assets.settings import DEFAULT_SPEC, ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
+from reverse_etl_assets.spec import load_spec
 
 SYNCED = dg.AssetKey(["lakebase", "gold", "t_synced"])
 SOURCE = dg.AssetKey(["analytics", "gold", "t"])
@@ -249,3 +250,12 @@ def test_dagster_cli_materializes_one_synced_table(
         stored = read_state(conn, "lakebase.gold.t_synced")
     assert stored is not None
     assert (stored.state, stored.last_synced_version) == (states.ONLINE_NO_PENDING_UPDATE, 1)
+
+
+def test_the_demo_spec_loads_as_a_code_location() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    defs = build_definitions(spec)
+    graph = defs.resolve_asset_graph()
+    for table in spec.synced_tables:
+        assert graph.has(dg.AssetKey(table.asset_key_path))
+    assert defs.resolve_sensor_def("synced_tables_on_source_change") is not None
