@@ -42,7 +42,7 @@ from reverse_etl_assets.postgres.protection import WRITER_SETTING
 from reverse_etl_assets.spec import SyncedTable, parse_spec
 from reverse_etl_assets.sync.snapshot import INCREMENTAL_FILLFACTOR
 from reverse_etl_assets.transform.changes import net_changes
-from reverse_etl_assets.transform.types import pg_columns, to_wire
+from reverse_etl_assets.transform.types import key_columns, pg_columns, to_wire
 
 SCHEMA = "bench_incremental"  # not the snapshot benchmark's schema, which it drops
 ROWS = 2_000_000
@@ -182,9 +182,9 @@ def encode_ceiling_files() -> tuple[Path, Path, int]:
         timeseries_key=table.timeseries_key,
         table=NAME,
     )
-    key_columns = tuple(c for c in columns if c.name == "id")
+    keys = key_columns(columns, ("id",))
     changes, deletes = BENCH_DIR / "changes.copy", BENCH_DIR / "deletes.copy"
-    for path, data, cols in ((changes, net.upserts, columns), (deletes, net.deletes, key_columns)):
+    for path, data, cols in ((changes, net.upserts, columns), (deletes, net.deletes, keys)):
         with path.open("wb") as out:
             out.write(binary_copy.HEADER)
             for batch in data.to_batches(max_chunksize=65_536):

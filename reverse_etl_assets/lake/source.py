@@ -147,7 +147,8 @@ def _conform(
     arrays = []
     for field in schema:
         if field.name in partition:
-            arrays.append(pa.array([partition[field.name]] * batch.num_rows, field.type))
+            value = pa.scalar(partition[field.name], field.type)
+            arrays.append(pa.repeat(value, batch.num_rows))  # no Python list per row
         else:
             column = batch.column(field.name)
             arrays.append(column if column.type == field.type else column.cast(field.type))

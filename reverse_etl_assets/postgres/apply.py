@@ -14,7 +14,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from reverse_etl_assets.postgres import binary_copy, ddl
-from reverse_etl_assets.transform.types import PgColumn
+from reverse_etl_assets.transform.types import PgColumn, key_columns
 
 STAGE_UPSERTS = "_retl_upserts"
 STAGE_DELETES = "_retl_deletes"
@@ -63,10 +63,8 @@ def apply_changes(
     timeseries_key: str | None,
 ) -> Applied:
     """Stage and apply; the caller's transaction makes it atomic with the checkpoint."""
-    key_columns = tuple(c for c in columns if c.name in key)
-    key_columns = tuple(sorted(key_columns, key=lambda c: key.index(c.name)))
     deleted = 0
-    if _stage(conn, STAGE_DELETES, key_columns, deletes):
+    if _stage(conn, STAGE_DELETES, key_columns(columns, key), deletes):
         deleted = conn.execute(delete_statement(schema, table, key)).rowcount
     inserted = updated = 0
     if _stage(conn, STAGE_UPSERTS, columns, upserts):

@@ -21,7 +21,7 @@ from reverse_etl_assets.sync.preflight import check_source
 from reverse_etl_assets.sync.snapshot import Progress, SyncResult, load_snapshot
 from reverse_etl_assets.transform.changes import NetChanges, net_changes
 from reverse_etl_assets.transform.cleaning import BatchPreparer
-from reverse_etl_assets.transform.types import PgColumn, to_wire
+from reverse_etl_assets.transform.types import PgColumn, key_columns, to_wire
 
 
 class SchemaChangeError(DataError):
@@ -107,9 +107,8 @@ def _apply(
         columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
     )
     upserts = preparer.stream(net.upserts.to_batches(max_chunksize=65_536))
-    key_columns = tuple(c for c in columns if c.name in table.primary_key)
-    key_columns = tuple(sorted(key_columns, key=lambda c: table.primary_key.index(c.name)))
-    deletes = (to_wire(b, key_columns) for b in net.deletes.to_batches(max_chunksize=65_536))
+    keys = key_columns(columns, table.primary_key)
+    deletes = (to_wire(b, keys) for b in net.deletes.to_batches(max_chunksize=65_536))
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
         protection.allow_pipeline_writes(conn)

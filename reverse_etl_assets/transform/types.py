@@ -97,6 +97,12 @@ def _map_type(t: pa.DataType) -> tuple[str, Wire, pa.DataType | None] | None:
     return None
 
 
+def key_columns(columns: tuple[PgColumn, ...], key: tuple[str, ...]) -> tuple[PgColumn, ...]:
+    """The key's columns, in key order."""
+    by_name = {c.name: c for c in columns}
+    return tuple(by_name[k] for k in key)
+
+
 def to_wire(batch: pa.RecordBatch, columns: tuple[PgColumn, ...]) -> pa.RecordBatch:
     """Convert a batch to the arrays the binary encoder sends (casts, JSON text for nesting)."""
     arrays: list[pa.Array] = []
