@@ -20,6 +20,10 @@ class SourceError(ReverseEtlError):
     """The Delta source cannot be read as declared (missing, unreadable, unsupported)."""
 
 
+class SourceMissing(SourceError):
+    """No Delta table at the source's location: a wrong path, or a table being recreated."""
+
+
 class DataError(ReverseEtlError):
     """The source holds data the target cannot take as declared (duplicate key, NUL byte...)."""
 

@@ -308,6 +308,7 @@ def test_a_recreated_source_is_fully_refreshed(
     with following(table, pg_dsn) as run:
         wait_until(lambda: checkpoint(pg_dsn) == 1, timeout=30, what="the initial snapshot")
         shutil.rmtree(src)
+        time.sleep(1.5)  # the follower meets a missing source meanwhile: it must wait it out
         write_delta(src, items(range(3), "fresh"))
         wait_until(lambda: postgres_rows(pg_dsn) == delta_rows(src), timeout=15, what="refresh")
         run.finish()

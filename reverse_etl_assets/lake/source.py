@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from reverse_etl_assets.errors import SourceError, TransientError
+from reverse_etl_assets.errors import SourceError, SourceMissing, TransientError
 
 # Rows per batch. Measured on the 10-column benchmark (2 cores): 16k rows (~2 MB encoded) cost the
 # least CPU to read and encode and peaked ~30 MB lower than 64k rows; 8k saved only a few more MB.
@@ -50,7 +50,7 @@ def open_source(
     try:
         table = DeltaTable(uri, version=version, storage_options=storage_options or None)
     except TableNotFoundError as exc:
-        raise SourceError(
+        raise SourceMissing(
             f"no Delta table at {uri}: check `source` (and `lake_root` / REVERSE_ETL_LAKE_ROOT)"
         ) from exc
     except DeltaError as exc:

@@ -20,7 +20,7 @@ import psycopg
 import pyarrow.fs as pafs
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from reverse_etl_assets.errors import ReverseEtlError, SpecError, TransientError
+from reverse_etl_assets.errors import ReverseEtlError, SourceMissing, SpecError, TransientError
 from reverse_etl_assets.lake.log import commit_exists, open_log
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.connect import connect
@@ -49,7 +49,9 @@ CONNECTION_OPTIONS = {
     "tcp_user_timeout": "15000",
 }
 # What a retry can cure: Postgres restarting or unreachable, a dropped connection, a lake hiccup.
-RETRYABLE = (TransientError, psycopg.OperationalError, psycopg.InterfaceError)
+# A follower also waits out a missing source: a table dropped and recreated at its path is
+# absent for a moment, and the next poll finds it (and fully refreshes it).
+RETRYABLE = (TransientError, SourceMissing, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class FollowerBusy(ReverseEtlError):
