@@ -1,0 +1,1 @@
+"""Logical replication from Postgres: slot and publication, the pgoutput stream, its messages."""
