@@ -13,6 +13,9 @@ DAGSTER_HOME_DIR := $(CURDIR)/data/dagster_home
 
 install: $(STAMP)
 
+# With REVERSE_ETL_PG_DSN unset, only these targets may start the embedded development cluster.
+demo dev bench bench-latency: export REVERSE_ETL_DEV = 1
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 

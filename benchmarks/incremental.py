@@ -35,14 +35,14 @@ from benchmarks.snapshot import (
     table_path,
 )
 from reverse_etl_assets import settings
-from reverse_etl_assets.lake.changes import read_changes
-from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.delta.change_feed import read_changes
+from reverse_etl_assets.delta.reader import open_source
+from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import INCREMENTAL_FILLFACTOR
 from reverse_etl_assets.postgres import binary_copy, ddl
 from reverse_etl_assets.postgres.protection import WRITER_SETTING
+from reverse_etl_assets.schema.delta_to_postgres import key_columns, pg_columns, to_wire
 from reverse_etl_assets.spec import SyncedTable, parse_spec
-from reverse_etl_assets.sync.snapshot import INCREMENTAL_FILLFACTOR
 from reverse_etl_assets.transform.changes import net_changes
-from reverse_etl_assets.transform.types import key_columns, pg_columns, to_wire
 
 SCHEMA = "bench_incremental"  # not the snapshot benchmark's schema, which it drops
 ROWS = 2_000_000
@@ -93,8 +93,8 @@ def synced_table() -> SyncedTable:
 
 def run(dsn: str, *, repeat: int) -> dict[str, Any]:
     """Prepare L, commit the three versions, then time ceiling and sync `repeat` times each."""
-    from reverse_etl_assets.sync.run import sync_table
-    from reverse_etl_assets.sync.verify import verify_table
+    from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
+    from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 
     ensure_table(ROWS)
     prepare_source()
@@ -288,7 +288,7 @@ def time_sync(dsn: str) -> dict[str, Any]:
 
 def sync_once() -> None:
     """The child: one sync, printed as a JSON line."""
-    from reverse_etl_assets.sync.run import sync_table
+    from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 
     started = time.monotonic()
     result = sync_table(synced_table(), settings.pg_dsn())

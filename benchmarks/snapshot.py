@@ -26,10 +26,10 @@ import pyarrow as pa
 from psycopg import sql
 
 from reverse_etl_assets import settings
-from reverse_etl_assets.lake.source import open_source, read_batches
+from reverse_etl_assets.delta.reader import open_source, read_batches
 from reverse_etl_assets.postgres import binary_copy, ddl
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, pg_columns, to_wire
 from reverse_etl_assets.spec import SyncedTable, parse_spec
-from reverse_etl_assets.transform.types import PgColumn, pg_columns, to_wire
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "data" / "bench"
@@ -266,7 +266,7 @@ def time_sync(dsn: str, rows: int) -> dict[str, Any]:
 
 def sync_once(rows: int) -> None:
     """One snapshot sync in this (fresh) process; prints seconds and peak RSS as a JSON line."""
-    from reverse_etl_assets.sync.run import sync_table
+    from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 
     table = synced_table(rows)
     import_rss = _peak_rss_mb()

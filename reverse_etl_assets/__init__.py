@@ -1,7 +1,8 @@
 """Synced tables between Delta Lake and PostgreSQL, run as a Dagster code location.
 
-The core (spec, lake, transform, postgres, sync) knows nothing of Dagster; `orchestration/` is the
-Dagster shell. `defs` is built from the spec when Dagster first asks for it, not at import.
+Connectors per system (`delta/`, `postgres/`), `schema/`, `transform/`, `runtime/` and
+`pipelines/` (one package per direction) know nothing of Dagster; `orchestration/` is the Dagster
+shell. `defs` is built from the spec when Dagster first asks for it, not at import.
 """
 
 from typing import Any

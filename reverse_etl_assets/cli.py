@@ -8,27 +8,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
+import os
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType
 
 from reverse_etl_assets import settings
-from reverse_etl_assets.errors import ReverseEtlError, SpecError
-from reverse_etl_assets.lake.source import enable_change_data_feed, open_source
+from reverse_etl_assets.delta.reader import enable_change_data_feed, open_source
+from reverse_etl_assets.errors import ReverseEtlError, SpecError, translate
+from reverse_etl_assets.pipelines.delta_to_postgres.delete import delete_synced_table
+from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
+from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_readers, check_source
+from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
+from reverse_etl_assets.pipelines.delta_to_postgres.status import TableStatus, table_status
+from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 from reverse_etl_assets.postgres import state
-from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.connect import connect, redact
+from reverse_etl_assets.runtime.progress import describe_progress
+from reverse_etl_assets.runtime.signals import stop_on_signals
 from reverse_etl_assets.spec import Spec, load_spec, resolve_source
-from reverse_etl_assets.sync.delete import delete_synced_table
-from reverse_etl_assets.sync.follow import follow_table
-from reverse_etl_assets.sync.preflight import check_source
-from reverse_etl_assets.sync.progress import describe_progress
-from reverse_etl_assets.sync.run import sync_table
-from reverse_etl_assets.sync.snapshot import Progress, SyncResult
-from reverse_etl_assets.sync.status import TableStatus, table_status
-from reverse_etl_assets.sync.verify import verify_table
 
 STATUS_COLUMNS = (
     "name",
@@ -49,10 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except ReverseEtlError as exc:
-        retry = "" if exc.terminal else " (transient: a retry may succeed)"
-        print(f"error: {exc}{retry}", file=sys.stderr)
+    except Exception as exc:
+        failure = translate(exc)
+        if failure is None:
+            raise
+        print(f"error: {_explain(failure)}", file=sys.stderr)
         return 1
+
+
+def _explain(failure: ReverseEtlError) -> str:
+    """The failure's message, with whether a retry can help, and no password in it."""
+    retry = "" if failure.terminal else " (transient: a retry may succeed)"
+    return redact(f"{failure}{retry}", os.environ.get(settings.ENV_PG_DSN, ""))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,15 +119,31 @@ def _spec() -> Spec:
 def _validate(args: argparse.Namespace) -> int:
     spec = _spec()
     failed = 0
-    for table in spec.synced_tables:
+    conn = None
+    if os.environ.get(settings.ENV_PG_DSN) or os.environ.get(settings.ENV_DEV) == "1":
         try:
-            source = open_source(table.source_uri, storage_options=table.storage_options)
-            columns = check_source(table, source)
+            conn = connect(settings.pg_dsn(), autocommit=True)
         except ReverseEtlError as exc:
             failed += 1
-            print(f"FAIL {table.name}: {exc}")
-            continue
-        print(f"ok   {table.name}: {table.source} v{source.version}, {len(columns)} columns")
+            print(f"FAIL Postgres: {_explain(exc)}")
+    else:
+        print(f"note: {settings.ENV_PG_DSN} is not set: the checks that need the server (roles) "
+              "were skipped", file=sys.stderr)  # fmt: skip
+    try:
+        for table in spec.synced_tables:
+            try:
+                source = open_source(table.source_uri, storage_options=table.storage_options)
+                columns = check_source(table, source)
+                if conn is not None:
+                    check_readers(conn, table)
+            except ReverseEtlError as exc:
+                failed += 1
+                print(f"FAIL {table.name}: {_explain(exc)}")
+                continue
+            print(f"ok   {table.name}: {table.source} v{source.version}, {len(columns)} columns")
+    finally:
+        if conn is not None:
+            conn.close()
     if failed:
         print(f"{failed} of {len(spec.synced_tables)} synced table(s) invalid", file=sys.stderr)
     return 1 if failed else 0
@@ -140,9 +164,12 @@ def _sync(args: argparse.Namespace) -> int:
             finally:
                 if progress is not None:
                     print(file=sys.stderr)
-        except ReverseEtlError as exc:
+        except Exception as exc:
+            failure = translate(exc)
+            if failure is None:
+                raise
             failed += 1
-            print(f"FAIL {table.name}: {exc}", file=sys.stderr)
+            print(f"FAIL {table.name}: {_explain(failure)}", file=sys.stderr)
             continue
         print(_describe(result))
     return 1 if failed else 0
@@ -154,28 +181,18 @@ def _follow(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt  # a second signal: roll back the batch in flight
-        print(f"{signal.Signals(signum).name}: stopping after the batch in flight", file=sys.stderr)
-        # Event.set takes a lock the interrupted main thread may hold: set it from another thread.
-        threading.Thread(target=stop.set, daemon=True).start()
-
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        summary = follow_table(
-            table,
-            settings.pg_dsn(),
-            max_seconds=args.max_seconds,
-            stop=stop,
-            on_sync=lambda result: print(_describe(result), flush=True),
-        )
+        with stop_on_signals(stop):
+            summary = follow_table(
+                table,
+                settings.pg_dsn(),
+                max_seconds=args.max_seconds,
+                stop=stop,
+                on_sync=lambda result: print(_describe(result), flush=True),
+            )
     except KeyboardInterrupt:
         print(f"stopped following {table.name} at once; a batch in flight was rolled back")
         return 0
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
     print(
         f"stopped following {table.name} at version {summary.version}: {summary.versions} "
         f"version(s) in {summary.batches} batch(es), {summary.reconnects} reconnect(s), "

@@ -16,7 +16,6 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from reverse_etl_assets import states
 from reverse_etl_assets.definitions import build_definitions
 from reverse_etl_assets.orchestration.continuous import (
     FOLLOWER_TAG,
@@ -24,10 +23,11 @@ from reverse_etl_assets.orchestration.continuous import (
     follower_job_name,
     restart_delay,
 )
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.status import table_status
 from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.settings import ENV_PG_DSN
 from reverse_etl_assets.spec import Spec
-from reverse_etl_assets.sync.status import table_status
 from reverse_etl_assets_tests.helpers import spec_of, write_delta
 
 NAME = "lb.gold.followed"

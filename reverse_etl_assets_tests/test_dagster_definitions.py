@@ -19,9 +19,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from reverse_etl_assets import states
 from reverse_etl_assets.definitions import build_definitions, load_definitions
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.settings import DEFAULT_SPEC, ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
 from reverse_etl_assets.spec import load_spec

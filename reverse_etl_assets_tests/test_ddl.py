@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg
 
 from reverse_etl_assets.postgres import ddl, names
-from reverse_etl_assets.transform.types import PgColumn
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 
 HOSTILE = 'x"; DROP TABLE t; --'
 

@@ -26,17 +26,20 @@ import pytest
 import yaml
 from deltalake import DeltaTable, write_deltalake
 
-from reverse_etl_assets import states
 from reverse_etl_assets.dev import embedded_postgres
 from reverse_etl_assets.errors import SpecError, TransientError
+from reverse_etl_assets.pipelines.delta_to_postgres import follow, states
+from reverse_etl_assets.pipelines.delta_to_postgres.follow import (
+    FollowSummary,
+    follow_table,
+    follower_dsn,
+)
+from reverse_etl_assets.pipelines.delta_to_postgres.incremental import SchemaChangeError
+from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
+from reverse_etl_assets.pipelines.delta_to_postgres.status import table_status
 from reverse_etl_assets.postgres import state
 from reverse_etl_assets.postgres.state import TableState
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync import follow
-from reverse_etl_assets.sync.follow import FollowSummary, follow_table, follower_dsn
-from reverse_etl_assets.sync.incremental import SchemaChangeError
-from reverse_etl_assets.sync.snapshot import SyncResult
-from reverse_etl_assets.sync.status import table_status
 from reverse_etl_assets_tests.helpers import (
     delta_rows,
     fetch,
@@ -210,15 +213,17 @@ def test_an_older_state_table_gains_the_heartbeat_columns(pg_dsn: str) -> None:
     assert found.read_at >= found.heartbeat_at
 
 
-def test_a_checkpoint_that_moved_is_not_overwritten(pg_dsn: str) -> None:
-    saved = {"name": NAME, "source": "s", "mode": "continuous", "table_id": "t", "rows": 1,
-             "skipped_null_keys": 0, "state": states.ONLINE_NO_PENDING_UPDATE}  # fmt: skip
+def test_a_checkpoint_that_moved_is_not_overwritten(pg_dsn: str, tmp_path: Path) -> None:
+    table = one_table(tmp_path, name=NAME, source=str(tmp_path / "src"), primary_key=["id"],
+                      mode="continuous")  # fmt: skip
+    saved = {"table_id": "t", "rows": 1, "skipped_null_keys": 0,
+             "state": states.ONLINE_NO_PENDING_UPDATE}  # fmt: skip
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         state.ensure_state_table(conn)
-        state.save_checkpoint(conn, version=5, **saved)  # type: ignore[arg-type]
+        state.save_checkpoint(conn, table, version=5, **saved)  # type: ignore[arg-type]
         with pytest.raises(TransientError, match="moved away from version 4"), conn.transaction():
-            state.save_checkpoint(conn, version=6, expected_version=4, **saved)  # type: ignore[arg-type]
-        state.save_checkpoint(conn, version=6, expected_version=5, **saved)  # type: ignore[arg-type]
+            state.save_checkpoint(conn, table, version=6, expected_version=4, **saved)  # type: ignore[arg-type]
+        state.save_checkpoint(conn, table, version=6, expected_version=5, **saved)  # type: ignore[arg-type]
         found = state.read_state(conn, NAME)
     assert found is not None and found.last_synced_version == 6
 

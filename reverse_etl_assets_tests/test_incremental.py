@@ -17,12 +17,12 @@ import pytest
 import yaml
 from deltalake import DeltaTable, write_deltalake
 
-from reverse_etl_assets import states
 from reverse_etl_assets.errors import DataError
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.incremental import SchemaChangeError
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.incremental import SchemaChangeError
-from reverse_etl_assets.sync.run import sync_table
 from reverse_etl_assets_tests.helpers import (
     delta_rows,
     fetch,

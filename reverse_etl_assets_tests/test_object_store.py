@@ -20,13 +20,13 @@ import yaml
 from deltalake import DeltaTable, write_deltalake
 from moto.server import ThreadedMotoServer
 
-from reverse_etl_assets import states
+from reverse_etl_assets.delta.reader import open_source
 from reverse_etl_assets.errors import ReverseEtlError
-from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.settings import ENV_LAKE_ROOT
 from reverse_etl_assets.spec import load_spec
-from reverse_etl_assets.sync.run import sync_table
 
 BUCKET = "bucket"
 SOURCE_URI = f"s3://{BUCKET}/lake/analytics/gold/items"

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from reverse_etl_assets.sync.run import sync_table
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets_tests.helpers import fetch, one_table, write_delta
 
 WRITES = [

@@ -15,10 +15,10 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from reverse_etl_assets import states
 from reverse_etl_assets.errors import DataError, SourceError, SpecError
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.postgres.state import TableState, read_state
-from reverse_etl_assets.sync.run import sync_table
 from reverse_etl_assets_tests.helpers import fetch, one_table, rows_of, table_exists, write_delta
 
 UTC = dt.UTC

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from reverse_etl_assets.errors import SpecError
-from reverse_etl_assets.transform.types import json_text, pg_columns, to_wire
+from reverse_etl_assets.schema.delta_to_postgres import json_text, pg_columns, to_wire
 
 
 def ddl_of(t: pa.DataType) -> str:

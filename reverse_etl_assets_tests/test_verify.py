@@ -19,11 +19,11 @@ import yaml
 from reverse_etl_assets.definitions import build_definitions
 from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.pipelines.delta_to_postgres.delete import delete_synced_table
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
+from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 from reverse_etl_assets.postgres.protection import allow_pipeline_writes
-from reverse_etl_assets.sync.delete import delete_synced_table
-from reverse_etl_assets.sync.progress import describe_progress
-from reverse_etl_assets.sync.run import sync_table
-from reverse_etl_assets.sync.verify import verify_table
+from reverse_etl_assets.runtime.progress import describe_progress
 from reverse_etl_assets_tests.helpers import fetch, one_table, spec_of, table_exists, write_delta
 
 NAME = "lakebase.gold.items_synced"

@@ -8,13 +8,13 @@ import time
 
 import dagster as dg
 
-from reverse_etl_assets import states
-from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.delta.reader import open_source
 from reverse_etl_assets.orchestration import metadata as md
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
+from reverse_etl_assets.runtime.progress import describe_progress
 from reverse_etl_assets.spec import THREE_PART, SyncedTable
-from reverse_etl_assets.sync.progress import describe_progress
-from reverse_etl_assets.sync.run import sync_table
 
 GROUP = "synced_tables"
 SOURCE_GROUP = "delta_sources"

@@ -1,6 +1,6 @@
 """Asset checks proving each synced table equals its Delta source at the checkpointed version.
 
-Both checks come from one comparison (sync.verify); blocking, ERROR on mismatch.
+Both checks come from one comparison (the pipeline's verify); blocking, ERROR on mismatch.
 """
 
 from collections.abc import Iterator
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import dagster as dg
 
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.verify import verify_table
 
 ROW_COUNT_CHECK = "row_count_matches_delta"
 CONTENT_CHECK = "content_matches_delta"

@@ -11,12 +11,12 @@ from typing import Any
 
 import dagster as dg
 
-from reverse_etl_assets import states
 from reverse_etl_assets.orchestration import metadata as md
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
+from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.follow import follow_table
-from reverse_etl_assets.sync.snapshot import SyncResult
 
 SENSOR_NAME = "continuous_followers"
 SENSOR_INTERVAL_SECONDS = 30

@@ -5,46 +5,25 @@ Same writer as snapshot syncs (binary COPY into an index-free table, keys built 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeAlias
 
 import dagster as dg
 import polars as pl
-import psycopg
 import pyarrow as pa
 
 from reverse_etl_assets import settings
 from reverse_etl_assets.errors import SpecError
-from reverse_etl_assets.postgres import ddl
+from reverse_etl_assets.postgres import catalog, ddl
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
+from reverse_etl_assets.schema.delta_to_postgres import pg_columns
+from reverse_etl_assets.schema.postgres_to_polars import polars_dtypes
 from reverse_etl_assets.transform.cleaning import BatchPreparer
-from reverse_etl_assets.transform.types import pg_columns
 
 Frame: TypeAlias = (
     pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch]
 )
-
-# Column types read back as the polars dtypes they were written from. Left to itself,
-# read_database infers from Python values: integer -> Int64, numeric(10,2) -> Decimal(38,2),
-# timestamptz in the session's TimeZone, and Null for every column of an empty table.
-POLARS_TYPES: dict[str, pl.DataType] = {
-    "bigint": pl.Int64(),
-    "integer": pl.Int32(),
-    "smallint": pl.Int16(),
-    "boolean": pl.Boolean(),
-    "real": pl.Float32(),
-    "double precision": pl.Float64(),
-    "text": pl.String(),
-    "bytea": pl.Binary(),
-    "date": pl.Date(),
-    "timestamp with time zone": pl.Datetime("us", "UTC"),
-    "timestamp without time zone": pl.Datetime("us"),
-    "interval": pl.Duration("us"),
-    "time without time zone": pl.Time(),
-}
-NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
 
 
 class PostgresTableIOManager(dg.ConfigurableIOManager):
@@ -95,7 +74,7 @@ class PostgresTableIOManager(dg.ConfigurableIOManager):
         """The upstream asset's table as a polars DataFrame."""
         schema, table = self._table(context.upstream_output or context)
         with connect(self._dsn()) as conn:
-            dtypes = _polars_dtypes(conn, schema, table)
+            dtypes = polars_dtypes(catalog.column_types(conn, schema, table))
             query = ddl.select_all(schema, table).as_string(conn)
             return pl.read_database(query, connection=conn, schema_overrides=dtypes)
 
@@ -105,22 +84,6 @@ class PostgresTableIOManager(dg.ConfigurableIOManager):
     def _table(self, context: Any) -> tuple[str, str]:
         path = list(context.asset_key.path)
         return (path[-2] if len(path) > 1 else self.default_schema), path[-1]
-
-
-def _polars_dtypes(conn: psycopg.Connection, schema: str, table: str) -> dict[str, pl.DataType]:
-    """The polars dtype of each column whose Postgres type says it (jsonb is left to inference)."""
-    rows = conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-        (ddl.qualified(schema, table).as_string(conn),),
-    ).fetchall()
-    dtypes: dict[str, pl.DataType] = {}
-    for name, pg_type in rows:
-        if numeric := NUMERIC.fullmatch(pg_type):
-            dtypes[name] = pl.Decimal(int(numeric[1]), int(numeric[2]))
-        elif pg_type in POLARS_TYPES:
-            dtypes[name] = POLARS_TYPES[pg_type]
-    return dtypes
 
 
 def _batches(obj: Frame) -> tuple[pa.Schema, Iterable[pa.RecordBatch]]:

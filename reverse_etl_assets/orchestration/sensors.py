@@ -7,8 +7,8 @@ import json
 
 import dagster as dg
 
+from reverse_etl_assets.delta.reader import latest_version
 from reverse_etl_assets.errors import ReverseEtlError
-from reverse_etl_assets.lake.source import latest_version
 from reverse_etl_assets.spec import SyncedTable
 
 SENSOR_NAME = "synced_tables_on_source_change"

@@ -1,1 +1,2 @@
-"""The Postgres side: connections, DDL, binary COPY, the swap and the state table."""
+"""The Postgres connector: connect, catalog, binary COPY, swap, apply, protection, state, locks,
+and `replication/` (slot, publication, pgoutput stream)."""

@@ -14,7 +14,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from reverse_etl_assets.postgres import binary_copy, ddl
-from reverse_etl_assets.transform.types import PgColumn, key_columns
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
 
 STAGE_UPSERTS = "_retl_upserts"
 STAGE_DELETES = "_retl_deletes"
@@ -27,18 +27,6 @@ class Applied:
     inserted: int
     updated: int
     deleted: int
-
-
-def live_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
-    """The live table's columns and their types, in order (empty when it does not exist)."""
-    rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum",
-        (schema, table),
-    ).fetchall()
-    return {name: pg_type for name, pg_type in rows}
 
 
 def add_columns(conn: psycopg.Connection, schema: str, table: str, columns: list[PgColumn]) -> None:

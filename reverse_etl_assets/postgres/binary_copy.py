@@ -15,7 +15,7 @@ from pgpq import encoders
 from pgpq import schema as pg_schema
 
 from reverse_etl_assets.postgres import ddl
-from reverse_etl_assets.transform.types import PgColumn
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 
 
 def new_encoder(

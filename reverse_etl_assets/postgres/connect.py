@@ -1,28 +1,72 @@
-"""Open psycopg connections to the target database with the settings every sync uses."""
+"""Open psycopg connections with the settings every sync uses, and keep passwords out of messages.
+
+A DSN is parsed here once: a malformed one is a ConfigError whose message never quotes it.
+"""
 
 from __future__ import annotations
 
-import psycopg
+from urllib.parse import unquote
 
-from reverse_etl_assets.errors import TransientError
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from reverse_etl_assets.errors import ConfigError, ReverseEtlError, translate
 
 APPLICATION_NAME = "reverse_etl"
 
 
+def parse_dsn(dsn: str, *, where: str = "REVERSE_ETL_PG_DSN") -> dict[str, str]:
+    """The DSN's parameters; a malformed DSN is a ConfigError that does not repeat it (the
+    parser's own message quotes the offending part, which may be the password)."""
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    except psycopg.ProgrammingError:
+        raise ConfigError(
+            f"{where} is not a valid libpq connection string or URI (its text is not shown: it "
+            "may hold a password). In a URI, characters such as % @ : / ? # in the user name or "
+            "password must be percent-encoded (% is %25, @ is %40); or use the key=value form"
+        ) from None
+
+
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """A new connection; an unreachable server is a TransientError (a retry may help).
+    """A new connection; a refused or unreachable server is translated by the error policy
+    (unreachable: transient; a missing role or database, a wrong password: terminal).
 
     An `application_name` in the DSN is kept: the follower names its sessions with it.
     """
-    name = psycopg.conninfo.conninfo_to_dict(dsn).get("application_name") or APPLICATION_NAME
+    name = parse_dsn(dsn).get("application_name") or APPLICATION_NAME
     try:
         return psycopg.connect(dsn, autocommit=autocommit, application_name=name)
-    except psycopg.OperationalError as exc:
-        raise TransientError(f"cannot connect to Postgres ({_redact(dsn)}): {exc}".strip()) from exc
+    except psycopg.Error as exc:
+        translated = translate(exc) or ReverseEtlError(str(exc))
+        message = redact(f"cannot connect to Postgres ({describe_dsn(dsn)}): {translated}", dsn)
+        raise type(translated)(message) from exc
 
 
-def _redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
-    info.pop("password", None)
-    return " ".join(f"{k}={v}" for k, v in info.items())
+def describe_dsn(dsn: str) -> str:
+    """The DSN's host, port, database and user, for messages (never the password)."""
+    info = parse_dsn(dsn)
+    shown = ("host", "port", "dbname", "user")
+    return " ".join(f"{k}={info[k]}" for k in shown if info.get(k))
+
+
+def redact(text: str, dsn: str) -> str:
+    """`text` with the DSN's password removed, in its plain and percent-encoded forms."""
+    try:
+        password = parse_dsn(dsn).get("password")
+    except ConfigError:
+        password = _raw_password(dsn)
+    for secret in {password, unquote(password or ""), _raw_password(dsn)}:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _raw_password(dsn: str) -> str | None:
+    """The password as written in a URI's userinfo, even when the URI does not parse."""
+    if "://" not in dsn:
+        return None
+    userinfo = dsn.split("://", 1)[1].rsplit("@", 1)
+    if len(userinfo) != 2 or ":" not in userinfo[0]:
+        return None
+    return userinfo[0].split(":", 1)[1] or None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from reverse_etl_assets.transform.types import PgColumn
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 
 
 def qualified(schema: str, table: str) -> sql.Composed:

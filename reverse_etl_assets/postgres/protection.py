@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from reverse_etl_assets.postgres import ddl
+from reverse_etl_assets.postgres import catalog, ddl
 from reverse_etl_assets.postgres.state import STATE_SCHEMA
 
 GUARD_FUNCTION = "refuse_writes_to_synced_table"
@@ -58,27 +58,16 @@ def protect_table(conn: psycopg.Connection, *, schema: str, table: str, source: 
     target = ddl.qualified(schema, table)
     row = conn.execute("SELECT current_user").fetchone()
     assert row is not None
-    grantees = [
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_class c, aclexplode(c.relacl) a "
-            "WHERE c.oid = %s::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner",
-            (target.as_string(conn),),
-        ).fetchall()
-    ]
+    oid = catalog.table_oid(conn, schema, table)
+    assert oid is not None, f"{schema}.{table} must exist before it is protected"
+    grantees = sorted({role for role, _ in catalog.table_grants(conn, oid) if role is not None})
     for statement in protect_statements(target, writer=row[0], source=source, grantees=grantees):
         conn.execute(statement)
 
 
 def is_protected(conn: psycopg.Connection, *, schema: str, table: str) -> bool:
     """Whether the guard trigger is on the table and enabled ALWAYS."""
-    row = conn.execute(
-        "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s",
-        (schema, table, GUARD_TRIGGER),
-    ).fetchone()
-    return row is not None and row[0] == "A"
+    return catalog.trigger_enabled(conn, schema, table, GUARD_TRIGGER) == "A"
 
 
 def protect_statements(

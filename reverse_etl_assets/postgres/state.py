@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
 from reverse_etl_assets.errors import TransientError
+from reverse_etl_assets.postgres import catalog
 
 STATE_SCHEMA = "reverse_etl"
 STATE_TABLE = "synced_tables"
@@ -72,13 +74,7 @@ def ensure_state_table(conn: psycopg.Connection) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('reverse_etl.state'))")
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(STATE_SCHEMA)))
         cur.execute(_CREATE)
-        cur.execute(
-            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
-            (STATE_SCHEMA, STATE_TABLE),
-        )
-        present = {row[0] for row in cur.fetchall()}
+        present = set(catalog.column_types(conn, STATE_SCHEMA, STATE_TABLE))
         missing = [name for name in _ADDED_COLUMNS if name not in present]
         if missing:
             cur.execute(add_columns_statement(missing))
@@ -120,12 +116,21 @@ def read_all_states(conn: psycopg.Connection) -> list[TableState]:
         return cur.fetchall()
 
 
+class Tracked(Protocol):
+    """What the state table records of a synced table: its name, source and mode."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+
+
 def save_checkpoint(
     conn: psycopg.Connection,
+    table: Tracked,
     *,
-    name: str,
-    source: str,
-    mode: str,
     table_id: str,
     version: int,
     rows: int,
@@ -139,7 +144,9 @@ def save_checkpoint(
     With `expected_version`, the checkpoint must still be that version: a sync that lost its
     lock never overwrites what another one applied meanwhile (its transaction rolls back).
     """
-    params: list[object] = [name, source, mode, table_id, version, rows, skipped_null_keys]
+    name = table.name
+    params: list[object] = [name, table.source, table.mode, table_id, version, rows]
+    params.append(skipped_null_keys)
     params += [state, message]
     guard = sql.SQL("")
     if expected_version is not None:
@@ -168,9 +175,7 @@ def save_checkpoint(
         )
 
 
-def record_state(
-    conn: psycopg.Connection, *, name: str, source: str, mode: str, state: str, message: str
-) -> None:
+def record_state(conn: psycopg.Connection, table: Tracked, *, state: str, message: str) -> None:
     """Set the detailed state and message of `name` without touching its checkpoint."""
     conn.execute(
         sql.SQL(
@@ -181,7 +186,7 @@ def record_state(
                 state = EXCLUDED.state, message = EXCLUDED.message, updated_at = now()
             """
         ).format(t=sql.Identifier(STATE_SCHEMA, STATE_TABLE)),
-        (name, source, mode, state, message),
+        (table.name, table.source, table.mode, state, message),
     )
 
 

@@ -19,7 +19,7 @@ from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.postgres import binary_copy, ddl, names
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.table_swap import SwapPlan, swap_in
-from reverse_etl_assets.transform.types import PgColumn
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 
 ROWS_PER_CONNECTION = 250_000
 

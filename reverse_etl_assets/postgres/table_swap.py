@@ -14,7 +14,7 @@ import psycopg
 from psycopg import errors, sql
 
 from reverse_etl_assets.errors import DataError, TransientError
-from reverse_etl_assets.postgres import ddl, names
+from reverse_etl_assets.postgres import catalog, ddl, names
 
 LOCK_TIMEOUT = "2s"
 SWAP_ATTEMPTS = 8
@@ -63,7 +63,7 @@ def _swap(conn: psycopg.Connection, plan: SwapPlan) -> None:
     schema, table = plan.schema, plan.table
     # Fully qualified view definitions, whatever the caller's search_path.
     conn.execute("SET LOCAL search_path = pg_catalog")
-    live = _regclass(conn, schema, table)
+    live = catalog.table_oid(conn, schema, table)
     views: list[tuple[str, str, str]] = []
     acl: list[tuple[str | None, str]] = []
     if live is not None:
@@ -71,10 +71,10 @@ def _swap(conn: psycopg.Connection, plan: SwapPlan) -> None:
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(ddl.qualified(schema, table))
         )
         views = _dependent_views(conn, live, plan.label)
-        acl = _grants(conn, live)
+        acl = catalog.table_grants(conn, live)
         retired = names.retired_table(table)
         conn.execute(ddl.drop_table(schema, retired))
-        for index in _index_names(conn, live):
+        for index in catalog.index_names(conn, live):
             conn.execute(ddl.rename_index(schema, index, names.fit_name(index, "retl_old")))
         conn.execute(ddl.rename_table(schema, table, retired))
     conn.execute(ddl.rename_table(schema, plan.staging, table))
@@ -103,27 +103,8 @@ def _swap(conn: psycopg.Connection, plan: SwapPlan) -> None:
             ) from exc
 
 
-def _regclass(conn: psycopg.Connection, schema: str, table: str) -> int | None:
-    row = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-        (schema, table),
-    ).fetchone()
-    return None if row is None else int(row[0])
-
-
 def _dependent_views(conn: psycopg.Connection, oid: int, label: str) -> list[tuple[str, str, str]]:
-    rows = conn.execute(
-        """
-        SELECT DISTINCT vn.nspname, v.relname, v.relkind, pg_get_viewdef(v.oid)
-        FROM pg_depend d
-        JOIN pg_rewrite r ON r.oid = d.objid
-        JOIN pg_class v ON v.oid = r.ev_class
-        JOIN pg_namespace vn ON vn.oid = v.relnamespace
-        WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s AND v.oid <> %s
-        """,
-        (oid, oid),
-    ).fetchall()
+    rows = catalog.dependent_views(conn, oid)
     views = []
     for view_schema, view_name, kind, definition in rows:
         if kind != "v":
@@ -133,25 +114,3 @@ def _dependent_views(conn: psycopg.Connection, oid: int, label: str) -> list[tup
             )
         views.append((view_schema, view_name, definition))
     return views
-
-
-def _grants(conn: psycopg.Connection, oid: int) -> list[tuple[str | None, str]]:
-    rows = conn.execute(
-        """
-        SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
-               a.privilege_type
-        FROM pg_class c, aclexplode(c.relacl) a
-        WHERE c.oid = %s AND a.grantee <> c.relowner
-        """,
-        (oid,),
-    ).fetchall()
-    return [(role, privilege) for role, privilege in rows]
-
-
-def _index_names(conn: psycopg.Connection, oid: int) -> list[str]:
-    rows = conn.execute(
-        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-        "WHERE x.indrelid = %s",
-        (oid,),
-    ).fetchall()
-    return [r[0] for r in rows]

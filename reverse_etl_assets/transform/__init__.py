@@ -1,1 +1,1 @@
-"""Arrow/polars transforms between the lake reader and the Postgres writer."""
+"""Arrow/polars transforms between a read connector and a write connector: cleaning, net changes."""

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
+from reverse_etl_assets.delta.change_feed import (
+    CHANGE_TYPE,
+    COMMIT_VERSION,
+    DELETE,
+    UPDATE_PREIMAGE,
+)
 from reverse_etl_assets.errors import DataError
-from reverse_etl_assets.lake.changes import CHANGE_TYPE, COMMIT_VERSION
 
 _ORDER = "__retl_order"
 _ROW = "__retl_row"
@@ -50,17 +55,17 @@ def net_changes(
         narrow.append(timeseries_key)
     frame = pl.from_arrow(changes.select(narrow), rechunk=False)
     assert isinstance(frame, pl.DataFrame)
-    frame = frame.with_row_index(_ROW).filter(pl.col(CHANGE_TYPE) != "update_preimage")
+    frame = frame.with_row_index(_ROW).filter(pl.col(CHANGE_TYPE) != UPDATE_PREIMAGE)
     has_null_key = pl.any_horizontal([pl.col(k).is_null() for k in key])
     skipped = frame.filter(has_null_key).height
     frame = frame.filter(~has_null_key).with_columns(
-        pl.when(pl.col(CHANGE_TYPE) == "delete").then(0).otherwise(1).alias(_ORDER)
+        pl.when(pl.col(CHANGE_TYPE) == DELETE).then(0).otherwise(1).alias(_ORDER)
     )
     frame = _resolve_duplicates(frame, key=key, timeseries_key=timeseries_key, table=table)
     last = frame.sort([COMMIT_VERSION, _ORDER], maintain_order=True).unique(
         subset=list(key), keep="last", maintain_order=True
     )
-    is_delete = pl.col(CHANGE_TYPE) == "delete"
+    is_delete = pl.col(CHANGE_TYPE) == DELETE
     wide = pl.from_arrow(changes.select(columns), rechunk=False)
     assert isinstance(wide, pl.DataFrame)
     return NetChanges(

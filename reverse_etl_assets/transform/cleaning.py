@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reverse_etl_assets.errors import DataError
-from reverse_etl_assets.transform.types import PgColumn, to_wire
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, to_wire
 
 # A JSON \u0000 escape that is not itself escaped (preceded by an even number of backslashes).
 _JSON_NUL = r"(?:^|[^\\])(?:\\\\)*\\u0000"

@@ -1,6 +1,6 @@
 """The status of synced tables (DESIGN §7): stored state joined with the source's live version.
 
-Pure assembly over what `postgres.state` and `lake.source` return; the CLI and Dagster print it.
+Pure assembly over what `postgres.state` and `delta.reader` return; the CLI and Dagster print it.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from reverse_etl_assets import states
+from reverse_etl_assets.delta.reader import open_source
 from reverse_etl_assets.errors import ReverseEtlError
-from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.follow import follower_timeout
 from reverse_etl_assets.postgres.state import TableState
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.follow import follower_timeout
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,13 +5,15 @@ Keys, indexes, types, names and (for incremental modes) the Change Data Feed; on
 
 from __future__ import annotations
 
-from reverse_etl_assets.errors import SpecError
-from reverse_etl_assets.lake.source import SourceSnapshot
-from reverse_etl_assets.postgres.names import MAX_NAME_BYTES
-from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.transform.types import PgColumn, pg_columns
+import psycopg
 
-CDF_COLUMNS = frozenset({"_change_type", "_commit_version", "_commit_timestamp"})
+from reverse_etl_assets.delta.change_feed import CDF_COLUMNS
+from reverse_etl_assets.delta.reader import SourceSnapshot
+from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.postgres import catalog
+from reverse_etl_assets.postgres.names import MAX_NAME_BYTES
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, pg_columns
+from reverse_etl_assets.spec import SyncedTable
 
 
 def check_source(table: SyncedTable, source: SourceSnapshot) -> tuple[PgColumn, ...]:
@@ -63,3 +65,15 @@ def enable_cdf_message(table: SyncedTable) -> str:
         f"DeltaTable({table.source_uri!r}).alter.set_table_properties("
         "{'delta.enableChangeDataFeed': 'true'}); or use `mode: snapshot`"
     )
+
+
+def check_readers(conn: psycopg.Connection, table: SyncedTable) -> None:
+    """Every role in `readers` exists on the server, or a SpecError naming the missing ones."""
+    missing = catalog.missing_roles(conn, table.readers)
+    if missing:
+        roles = ", ".join(missing)
+        raise SpecError(
+            f"synced table {table.name!r}: `readers` names role(s) that do not exist on the "
+            f"target Postgres: {roles}. Create them (CREATE ROLE {missing[0]} NOLOGIN) or remove "
+            "them from `readers`"
+        )

@@ -1,6 +1,6 @@
 """The spec file (one YAML of synced tables) parsed into frozen dataclasses and checked.
 
-Only the shape of the spec is checked here; `lake.inspect` checks each source against it.
+Only the shape is checked here; the pipelines' preflight checks each source against it.
 """
 
 from __future__ import annotations

@@ -6,44 +6,21 @@ The checkpoint commits in the swap transaction, so Postgres equals Delta at exac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import psycopg
 
-from reverse_etl_assets import states
-from reverse_etl_assets.lake.source import SourceSnapshot, read_batches
+from reverse_etl_assets.delta.reader import SourceSnapshot, read_batches
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.cleaning import BatchPreparer
-from reverse_etl_assets.transform.types import PgColumn
 
 # Tables that take increments keep 10% of each page free, so most updates stay on their page
 # (HOT: no new index entry); measured on the incremental benchmark.
 INCREMENTAL_FILLFACTOR = 90
-
-Progress = Callable[[int, int | None], None]
-
-
-@dataclass(frozen=True, kw_only=True)
-class SyncResult:
-    """What one sync did, for status, logs and Dagster metadata."""
-
-    name: str
-    mode: str
-    path: str
-    version: int
-    rows: int
-    skipped_null_keys: int
-    seconds: float
-    changes: int = 0
-    reason: str = ""
-
-    @property
-    def rows_per_second(self) -> float:
-        """Rows landed per wall-clock second."""
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
 def load_snapshot(
@@ -68,9 +45,7 @@ def load_snapshot(
         )
         state.save_checkpoint(
             conn,
-            name=table.name,
-            source=table.source,
-            mode=table.mode,
+            table,
             table_id=source.table_id,
             version=source.version,
             rows=rows,
@@ -119,6 +94,4 @@ def record_failure(conn: psycopg.Connection, table: SyncedTable, exc: Exception)
 
 
 def _record(conn: psycopg.Connection, table: SyncedTable, detailed: str, message: str) -> None:
-    state.record_state(
-        conn, name=table.name, source=table.source, mode=table.mode, state=detailed, message=message
-    )
+    state.record_state(conn, table, state=detailed, message=message)

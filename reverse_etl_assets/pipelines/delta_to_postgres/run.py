@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import psycopg
 
-from reverse_etl_assets import states
-from reverse_etl_assets.lake.source import open_source
+from reverse_etl_assets.delta.reader import open_source
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.incremental import sync_incremental
+from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_readers, check_source
+from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
+from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot, record_failure
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.locks import table_lock
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.incremental import sync_incremental
-from reverse_etl_assets.sync.lock import table_lock
-from reverse_etl_assets.sync.preflight import check_source
-from reverse_etl_assets.sync.snapshot import Progress, SyncResult, load_snapshot, record_failure
 
 
 def sync_table(
@@ -24,6 +25,7 @@ def sync_table(
 ) -> SyncResult:
     """Bring the Postgres table to the source's latest version, exactly once per version."""
     with connect(dsn, autocommit=True) as conn:
+        check_readers(conn, table)
         state.ensure_state_table(conn)
         protection.ensure_guard_function(conn)
         with table_lock(conn, table.name):
@@ -47,9 +49,7 @@ def sync_locked(
             if initial:
                 state.record_state(
                     conn,
-                    name=table.name,
-                    source=table.source,
-                    mode=table.mode,
+                    table,
                     state=states.PROVISIONING_INITIAL_SNAPSHOT,
                     message="initial snapshot",
                 )

@@ -11,8 +11,8 @@ from psycopg import sql
 from reverse_etl_assets.errors import TransientError
 from reverse_etl_assets.postgres import ddl, state
 from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.locks import try_lock_table, unlock_table
 from reverse_etl_assets.postgres.protection import GUARD_TRIGGER
-from reverse_etl_assets.sync.lock import try_lock_table, unlock_table
 
 
 def delete_synced_table(name: str, dsn: str, *, drop_table: bool) -> str:

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import time
 
-from reverse_etl_assets import states
+from reverse_etl_assets.delta.change_feed import read_changes
+from reverse_etl_assets.delta.log import RangeUnavailable, read_commits
+from reverse_etl_assets.delta.reader import SourceSnapshot, open_source
 from reverse_etl_assets.errors import DataError
-from reverse_etl_assets.lake.changes import read_changes
-from reverse_etl_assets.lake.log import RangeUnavailable, read_commits
-from reverse_etl_assets.lake.source import SourceSnapshot, open_source
-from reverse_etl_assets.postgres import apply, protection, state
+from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_source
+from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
+from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot
+from reverse_etl_assets.postgres import apply, catalog, protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import TableState
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns, to_wire
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.preflight import check_source
-from reverse_etl_assets.sync.snapshot import Progress, SyncResult, load_snapshot
 from reverse_etl_assets.transform.changes import NetChanges, net_changes
 from reverse_etl_assets.transform.cleaning import BatchPreparer
-from reverse_etl_assets.transform.types import PgColumn, key_columns, to_wire
 
 
 class SchemaChangeError(DataError):
@@ -49,7 +50,7 @@ def sync_incremental(
         return _nothing_to_do(table, dsn, stored, started)
     with connect(dsn, autocommit=True) as conn:
         # Before any path is chosen: a full refresh must not follow a dropped column silently.
-        _check_schema(table, apply.live_columns(conn, table.pg_schema, table.pg_table), columns)
+        _check_schema(table, catalog.column_types(conn, table.pg_schema, table.pg_table), columns)
     try:
         _check_range(table, source, start=last + 1)
         changes = read_changes(source.table, start=last + 1, end=source.version)
@@ -112,7 +113,7 @@ def _apply(
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
         protection.allow_pipeline_writes(conn)
-        live = apply.live_columns(conn, schema, name)
+        live = catalog.column_types(conn, schema, name)
         _check_schema(table, live, columns)
         apply.add_columns(conn, schema, name, [c for c in columns if c.name not in live])
         if not protection.is_protected(conn, schema=schema, table=name):
@@ -130,9 +131,7 @@ def _apply(
         rows = (stored.rows or 0) + applied.inserted - applied.deleted
         state.save_checkpoint(
             conn,
-            name=table.name,
-            source=table.source,
-            mode=table.mode,
+            table,
             table_id=source.table_id,
             version=source.version,
             rows=rows,
@@ -181,9 +180,7 @@ def _nothing_to_do(table: SyncedTable, dsn: str, stored: TableState, started: fl
         with connect(dsn, autocommit=True) as conn:
             state.record_state(
                 conn,
-                name=table.name,
-                source=table.source,
-                mode=table.mode,
+                table,
                 state=states.ONLINE_NO_PENDING_UPDATE,
                 message="",
             )

@@ -14,15 +14,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reverse_etl_assets.delta.reader import SourceSnapshot, open_source, read_batches
 from reverse_etl_assets.errors import SourceError, SpecError
-from reverse_etl_assets.lake.source import SourceSnapshot, open_source, read_batches
 from reverse_etl_assets.postgres import ddl, names, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import STATE_SCHEMA
 from reverse_etl_assets.postgres.table_load import connections_for, copy_in_parallel
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, pg_columns
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.cleaning import BatchPreparer
-from reverse_etl_assets.transform.types import PgColumn, pg_columns
 
 SAMPLE_KEYS = 5
 

@@ -10,11 +10,18 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-from reverse_etl_assets.lake.log import RangeUnavailable
+from reverse_etl_assets.delta.log import RangeUnavailable
 
 CHANGE_TYPE = "_change_type"
 COMMIT_VERSION = "_commit_version"
 COMMIT_TIMESTAMP = "_commit_timestamp"
+# The columns delta-rs adds to every CDF row; a source column may not use these names.
+CDF_COLUMNS = frozenset({CHANGE_TYPE, COMMIT_VERSION, COMMIT_TIMESTAMP})
+# The values of CHANGE_TYPE.
+INSERT = "insert"
+DELETE = "delete"
+UPDATE_PREIMAGE = "update_preimage"
+UPDATE_POSTIMAGE = "update_postimage"
 
 
 def read_changes(table: DeltaTable, *, start: int, end: int) -> pa.Table:

@@ -1,14 +1,13 @@
 """The continuous follower: watch the Delta log and land each new version in about a second.
 
-A loop over `sync.run.sync_locked` that holds the table's lock for its whole life, heartbeats into
-the state table, and reconnects with backoff when Postgres or the lake goes away.
+A `runtime.loop` worker over `run.sync_locked`: it holds the table's lock for its whole life,
+heartbeats into the state table, and reconnects with backoff when Postgres or the lake goes away.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -20,14 +19,16 @@ import psycopg
 import pyarrow.fs as pafs
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from reverse_etl_assets.errors import ReverseEtlError, SourceMissing, SpecError, TransientError
-from reverse_etl_assets.lake.log import commit_exists, open_log
+from reverse_etl_assets.delta.log import commit_exists, open_log
+from reverse_etl_assets.errors import ReverseEtlError, SpecError, TransientError
+from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_readers
+from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_locked
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.locks import lock_holders, try_lock_table, unlock_table
+from reverse_etl_assets.runtime.loop import run_worker
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.sync.lock import lock_holders, try_lock_table, unlock_table
-from reverse_etl_assets.sync.run import sync_locked
-from reverse_etl_assets.sync.snapshot import SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ HEARTBEAT_SECONDS = 1.0
 # The cheap poll only sees a next commit; a table recreated at the same path with fewer versions
 # has none, so the follower also opens the table (and compares its id) this often.
 FULL_CHECK_SECONDS = 30.0
-BACKOFF_FIRST_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 15.0
 APPLICATION_PREFIX = "reverse_etl follower"
 # libpq settings the follower adds unless the DSN sets them: a dead network is noticed in seconds,
 # not after the OS's two hours of TCP keepalive.
@@ -48,10 +47,6 @@ CONNECTION_OPTIONS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "15000",
 }
-# What a retry can cure: Postgres restarting or unreachable, a dropped connection, a lake hiccup.
-# A follower also waits out a missing source: a table dropped and recreated at its path is
-# absent for a moment, and the next poll finds it (and fully refreshes it).
-RETRYABLE = (TransientError, SourceMissing, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class FollowerBusy(ReverseEtlError):
@@ -125,6 +120,7 @@ class _Follower:
         stop: threading.Event,
         on_sync: Callable[[SyncResult], None] | None,
     ) -> None:
+        self.name = table.name
         self.table = table
         self.stop = stop
         self.on_sync = on_sync
@@ -140,44 +136,50 @@ class _Follower:
         self.version: int | None = None
         self.batches = 0
         self.versions = 0
+        self.next_full_check = 0.0
 
     def run(self, *, max_seconds: float | None) -> FollowSummary:
         """Poll, sync, sleep; until stopped. Always leaves the lock and the heartbeat cleanly."""
-        started = time.monotonic()
-        deadline = None if max_seconds is None else started + max_seconds
-        backoff = _Backoff()
-        next_full_check = 0.0
-        try:
-            while not self.stop.is_set() and not _past(deadline):
-                try:
-                    if self.session is None:
-                        self.session = self._open_session()
-                        next_full_check = 0.0
-                    self.session.check()
-                    moved = False
-                    if time.monotonic() >= next_full_check or self._next_commit_exists():
-                        moved = self._sync()
-                        next_full_check = time.monotonic() + FULL_CHECK_SECONDS
-                    backoff.reset()
-                    if not moved:  # after a batch, look again at once: more may have landed
-                        self._sleep(self.table.poll_interval_seconds, deadline)
-                except RETRYABLE as exc:
-                    delay = backoff.next()
-                    log.warning("%s: %s; retrying in %.1fs", self.table.name, exc, delay)
-                    self._drop_session_if_lost()
-                    self._sleep(delay, deadline)
-        finally:
-            if self.session is not None:
-                self.session.close(clean=True)
-                self.session = None
+        seconds = run_worker(
+            self,
+            stop=self.stop,
+            max_seconds=max_seconds,
+            idle_seconds=self.table.poll_interval_seconds,
+        )
         return FollowSummary(
             name=self.table.name,
             version=self.version,
             batches=self.batches,
             versions=self.versions,
             reconnects=max(self.sessions - 1, 0),
-            seconds=time.monotonic() - started,
+            seconds=seconds,
         )
+
+    def has_more(self) -> bool:
+        """Connect when needed; True when a next Delta commit exists or a full check is due."""
+        if self.session is None:
+            self.session = self._open_session()
+            self.next_full_check = 0.0
+        self.session.check()
+        return time.monotonic() >= self.next_full_check or self._next_commit_exists()
+
+    def apply(self) -> bool:
+        """One sync of whatever versions wait; True when it landed something."""
+        moved = self._sync()
+        self.next_full_check = time.monotonic() + FULL_CHECK_SECONDS
+        return moved
+
+    def recover(self) -> None:
+        """After an error keep the session if its connection (and so the lock) survived."""
+        if self.session is not None and not self.session.alive():
+            self.session.close(clean=False)
+            self.session = None
+
+    def close(self) -> None:
+        """Clear the heartbeat and release the lock."""
+        if self.session is not None:
+            self.session.close(clean=True)
+            self.session = None
 
     def _open_session(self) -> _Session:
         session = _Session.open(self.table, self.dsn, self.identity, after_loss=self.sessions > 0)
@@ -220,18 +222,6 @@ class _Follower:
             self.on_sync(result)
         return True
 
-    def _drop_session_if_lost(self) -> None:
-        """After an error keep the session if its connection (and so the lock) survived."""
-        if self.session is not None and not self.session.alive():
-            self.session.close(clean=False)
-            self.session = None
-
-    def _sleep(self, seconds: float, deadline: float | None) -> None:
-        if deadline is not None:
-            seconds = min(seconds, deadline - time.monotonic())
-        if seconds > 0:
-            self.stop.wait(seconds)
-
 
 class _Session:
     """The follower's connection to Postgres: it holds the table's lock for the follower's life,
@@ -256,6 +246,7 @@ class _Session:
         """Connect, take the lock (or raise FollowerBusy), start the heartbeat."""
         conn = connect(dsn, autocommit=True)
         try:
+            check_readers(conn, table)
             state.ensure_state_table(conn)
             protection.ensure_guard_function(conn)
             if after_loss:
@@ -389,22 +380,3 @@ def _busy_message(conn: psycopg.Connection, table: SyncedTable) -> str:
         f"synced table {table.name!r} is already being synced: {holder} holds its lock. Two "
         "followers never run for one table; stop the other one first (this one exits)"
     )
-
-
-class _Backoff:
-    """Exponential delays with jitter, so followers do not reconnect in lockstep."""
-
-    def __init__(self) -> None:
-        self.attempt = 0
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(BACKOFF_FIRST_SECONDS * 2 ** min(self.attempt, 10), BACKOFF_MAX_SECONDS)
-        self.attempt += 1
-        return delay * random.uniform(0.8, 1.2)
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline

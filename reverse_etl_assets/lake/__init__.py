@@ -1,1 +1,0 @@
-"""The Delta side: open a source, pin a version, stream its rows."""

@@ -1,0 +1,1 @@
+"""The algorithms that move data, one package per direction; they call the connectors."""

@@ -1,0 +1,1 @@
+"""Synced tables, Delta → Postgres: snapshot, incremental, follow, verify, delete, status."""

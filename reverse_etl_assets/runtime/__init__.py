@@ -1,0 +1,1 @@
+"""What long-running pipelines share in either direction: the follower loop, backoff, progress."""

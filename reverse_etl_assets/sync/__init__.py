@@ -1,1 +1,0 @@
-"""One synced table end to end: the algorithms that call lake, transform and postgres."""
