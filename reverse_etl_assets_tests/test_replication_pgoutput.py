@@ -22,7 +22,8 @@ from reverse_etl_assets.postgres.replication.messages import (
     TypeInfo,
     Update,
 )
-from reverse_etl_assets.postgres.replication.pgoutput import ProtocolError, decode_message
+from reverse_etl_assets.postgres.replication.pgoutput import decode_message
+from reverse_etl_assets.postgres.replication.problems import ProtocolError
 
 # 2024-01-02 03:04:05.678901 UTC in µs since 2000-01-01.
 TS = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

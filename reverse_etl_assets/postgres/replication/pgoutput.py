@@ -9,7 +9,6 @@ import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from reverse_etl_assets.errors import ReverseEtlError
 from reverse_etl_assets.postgres.replication.messages import (
     UNCHANGED,
     Begin,
@@ -28,6 +27,7 @@ from reverse_etl_assets.postgres.replication.messages import (
     Update,
     Value,
 )
+from reverse_etl_assets.postgres.replication.problems import ProtocolError
 
 # Postgres timestamps on the wire are microseconds since this instant.
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -52,10 +52,6 @@ _OLD = 0x4F  # 'O'
 
 _TRUNCATE_CASCADE = 1
 _TRUNCATE_RESTART_IDENTITY = 2
-
-
-class ProtocolError(ReverseEtlError):
-    """The server sent a pgoutput message this decoder does not understand (a bug or a mismatch)."""
 
 
 def decode_message(payload: bytes | memoryview) -> Message:
