@@ -82,3 +82,9 @@ def classify_server_error(
             f"replication on slot {slot} was interrupted (server: {message}); a retry can help"
         )
     return ReplicationError(f"replication on slot {slot} failed (server: {message}, {sqlstate})")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (libpq messages never carry the password)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,11 @@ from reverse_etl_assets.errors import ReverseEtlError, TransientError
 from reverse_etl_assets.postgres.replication.lsn import format_lsn
 from reverse_etl_assets.postgres.replication.messages import Message
 from reverse_etl_assets.postgres.replication.pgoutput import PG_EPOCH, decode_message
-from reverse_etl_assets.postgres.replication.problems import ProtocolError, classify_server_error
+from reverse_etl_assets.postgres.replication.problems import (
+    ProtocolError,
+    classify_server_error,
+    first_line,
+)
 from reverse_etl_assets.postgres.replication.session import connect_replication
 
 # The server drops a walsender that is silent for wal_sender_timeout (60 s by default).
@@ -61,7 +65,7 @@ class ReplicationStream:
             self._conn = connect_replication(dsn, application_name=application_name)
         except psycopg.OperationalError as exc:
             raise TransientError(
-                f"cannot open a replication connection for slot {slot}: {_first_line(exc)}"
+                f"cannot open a replication connection for slot {slot}: {first_line(exc)}"
             ) from exc
         try:
             self._conn.execute(self._start_command(start_lsn))
@@ -194,7 +198,7 @@ class ReplicationStream:
     def _dropped(self, exc: BaseException) -> TransientError:
         """A lost connection: retrying resumes from the last acknowledged position."""
         return TransientError(
-            f"replication connection for slot {self.slot} dropped ({_first_line(exc)}); "
+            f"replication connection for slot {self.slot} dropped ({first_line(exc)}); "
             "reconnect to resume from the last acknowledged position"
         )
 
@@ -206,9 +210,3 @@ class ReplicationStream:
         return classify_server_error(
             exc.sqlstate, primary, slot=self.slot, publication=self.publication
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's text (libpq messages never carry the password)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
