@@ -13,6 +13,8 @@ from reverse_etl_assets.errors import ReverseEtlError, TransientError
 # operator intervention (shutdown, terminated backend), insufficient resources.
 _TRANSIENT_CLASSES = ("08", "57", "53")
 _ACTIVE_PID = re.compile(r"is active for PID (\d+)")
+# A walsender lingers briefly after its client closes; a slot still held after this is truly busy.
+ACTIVE_GRACE_S = 2.0
 
 
 class ReplicationError(ReverseEtlError):

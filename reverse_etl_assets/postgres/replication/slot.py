@@ -5,6 +5,7 @@ Ordinary connections, except `create_slot`, which needs a walsender to export it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -16,8 +17,10 @@ from reverse_etl_assets.errors import TransientError
 from reverse_etl_assets.postgres.replication.lsn import parse_lsn
 from reverse_etl_assets.postgres.replication.messages import RelationColumn
 from reverse_etl_assets.postgres.replication.problems import (
+    ACTIVE_GRACE_S,
     ReplicationError,
     ServerUnsupported,
+    SlotActive,
     classify_server_error,
     first_line,
 )
@@ -180,17 +183,24 @@ def create_slot(dsn: str, slot: str) -> ExportedSlot:
 
 def drop_slot(conn: psycopg.Connection, slot: str) -> None:
     """Drop the slot if it exists; refuses (terminal) while another session streams from it."""
-    try:
-        with conn.transaction():
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                " WHERE slot_name = %s",
-                [slot],
+    give_up = time.monotonic() + ACTIVE_GRACE_S
+    while True:
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    [slot],
+                )
+            return
+        except psycopg.Error as exc:
+            error = classify_server_error(
+                exc.sqlstate, exc.diag.message_primary or str(exc), slot=slot
             )
-    except psycopg.Error as exc:
-        raise classify_server_error(
-            exc.sqlstate, exc.diag.message_primary or str(exc), slot=slot
-        ) from exc
+            if isinstance(error, SlotActive) and time.monotonic() < give_up:
+                time.sleep(0.05)
+                continue
+            raise error from exc
 
 
 def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:

@@ -19,7 +19,9 @@ from reverse_etl_assets.postgres.replication.lsn import format_lsn
 from reverse_etl_assets.postgres.replication.messages import Message
 from reverse_etl_assets.postgres.replication.pgoutput import PG_EPOCH, decode_message
 from reverse_etl_assets.postgres.replication.problems import (
+    ACTIVE_GRACE_S,
     ProtocolError,
+    SlotActive,
     classify_server_error,
     first_line,
 )
@@ -67,11 +69,18 @@ class ReplicationStream:
             raise TransientError(
                 f"cannot open a replication connection for slot {slot}: {first_line(exc)}"
             ) from exc
-        try:
-            self._conn.execute(self._start_command(start_lsn))
-        except psycopg.Error as exc:
-            self._conn.close()
-            raise self._error(exc) from exc
+        give_up = time.monotonic() + ACTIVE_GRACE_S
+        while True:
+            try:
+                self._conn.execute(self._start_command(start_lsn))
+                break
+            except psycopg.Error as exc:
+                error = self._error(exc)
+                if isinstance(error, SlotActive) and time.monotonic() < give_up:
+                    time.sleep(0.05)
+                    continue
+                self._conn.close()
+                raise error from exc
         self._pgconn = self._conn.pgconn
         self._socket = self._pgconn.socket
 
