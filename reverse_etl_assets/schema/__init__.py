@@ -1,0 +1,1 @@
+"""The type maps, one per direction."""
