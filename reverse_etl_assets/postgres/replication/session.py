@@ -1,0 +1,30 @@
+"""Connections for replication and snapshot reads, with settings that fix the values' text forms.
+
+Text forms must not depend on the server's or role's config, so the session pins them.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+# ISO dates, UTC offsets, full float precision and hex bytea: the casts in `schema` expect these.
+SESSION_OPTIONS = (
+    "-c datestyle=ISO,MDY -c timezone=UTC -c intervalstyle=postgres "
+    "-c extra_float_digits=3 -c bytea_output=hex"
+)
+
+
+def connect_replication(dsn: str, *, application_name: str = "reverse_etl") -> psycopg.Connection:
+    """Open a logical replication connection (walsender) with the pinned session settings."""
+    return psycopg.connect(
+        dsn,
+        replication="database",
+        autocommit=True,
+        application_name=application_name,
+        options=SESSION_OPTIONS,
+    )
+
+
+def connect_session(dsn: str, *, application_name: str = "reverse_etl") -> psycopg.Connection:
+    """Open an ordinary connection with the pinned session settings (not in autocommit)."""
+    return psycopg.connect(dsn, application_name=application_name, options=SESSION_OPTIONS)
