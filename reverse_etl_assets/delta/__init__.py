@@ -1,0 +1,1 @@
+"""Delta Lake connector: read and write Delta tables with delta-rs."""
