@@ -1,6 +1,10 @@
 """Write lakehouse-sync changes into Delta tables: snapshot, history append, mirror merge.
 
 Each write is one Delta commit carrying the caller's application transaction (txn) version.
+delta-rs does not refuse a txn version lower than or equal to the one in the table (versions are
+opaque to the protocol; delta-rs #2580): exactly once is the caller's job, reading
+`transaction_version` first and skipping what Delta holds. Only two writers racing from the same
+table version with the same app_id are fenced (the second gets a TransientError from the commit).
 """
 
 from __future__ import annotations
