@@ -1,0 +1,261 @@
+"""Reduce a frame of Postgres logical-replication changes to history rows and mirror changes.
+
+Pure Arrow/polars: no I/O. The Delta writer applies what this module returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+
+CHANGE_TYPE = "_pg_change_type"
+LSN = "_pg_lsn"
+SEQ = "_pg_seq"
+XID = "_pg_xid"
+COMMIT_TIME = "_pg_commit_time"
+UNCHANGED = "_pg_unchanged"
+META_COLUMNS = (CHANGE_TYPE, LSN, SEQ, XID, COMMIT_TIME, UNCHANGED)
+
+OP = "_op"
+KEEP_PREFIX = "_keep_"
+
+# Working columns; the leading "__" keeps them apart from any Postgres column name we could meet
+# (Postgres allows such names, but the frame contract never carries them).
+_ORD = "__ord"
+_RANK = "__rank"
+_PRIOR = "__prior"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MirrorChanges:
+    """The last change per key of one frame, ready for one Delta MERGE into the mirror."""
+
+    # table columns + `_op` ('upsert' | 'delete') + one bool `_keep_<col>` per column whose
+    # target value must be kept (unchanged TOAST the frame could not fill), only where needed
+    rows: pa.Table
+    # a truncate happened in the frame: target rows not in `rows` are deleted
+    clear_first: bool
+
+
+def table_columns(frame: pa.Table) -> list[str]:
+    """The Postgres table's own columns of a frame, in frame order."""
+    return [name for name in frame.column_names if name not in META_COLUMNS]
+
+
+def keep_column(column: str) -> str:
+    """Name of the flag column telling the merge to keep the target's value of `column`."""
+    return f"{KEEP_PREFIX}{column}"
+
+
+def history_rows(frame: pa.Table) -> pa.Table:
+    """The frame without `_pg_unchanged`: what the history table stores."""
+    if UNCHANGED not in frame.column_names:
+        return frame
+    return frame.drop_columns([UNCHANGED])
+
+
+def unfilled_keys(frame: pa.Table, key_columns: Sequence[str]) -> pa.Table:
+    """Keys whose current mirror row `fill_unchanged(prior=...)` may need: a superset, deduplicated.
+
+    Keys of postimages with unchanged-TOAST columns and, for a key change, the old key (the
+    value lives in the mirror under the old key).
+    """
+    keys = list(key_columns)
+    df = _sorted(frame)
+    partial = df.filter(pl.col(UNCHANGED).list.len().fill_null(0) > 0).select(LSN, SEQ, *keys)
+    olds = df.filter(pl.col(CHANGE_TYPE) == "update_preimage").join(
+        partial.select(LSN, SEQ), on=[LSN, SEQ], how="semi"
+    )
+    found = pl.concat([partial.select(keys), olds.select(keys)]).unique(maintain_order=True)
+    return found.to_arrow().cast(frame.select(keys).schema)
+
+
+def fill_unchanged(
+    frame: pa.Table, key_columns: Sequence[str], *, prior: pa.Table | None
+) -> pa.Table:
+    """Fill unchanged-TOAST values of postimages; `_pg_unchanged` keeps only what stays unknown.
+
+    Sources, in order: (a) the preimage of the same change (REPLICA IDENTITY FULL), (b) the latest
+    earlier event of the same key in the frame that carried the value (following key changes),
+    (c) `prior`: the current mirror rows for the keys concerned (see `unfilled_keys`).
+    Returns the rows in the frame's order with the frame's schema.
+    """
+    df = _sorted(frame)
+    columns = _unchanged_columns(df)
+    if not columns:
+        return frame
+    if prior is not None and prior.num_rows:
+        df = _with_prior(df, prior, key_columns, columns)
+    df = _fill(df, list(key_columns), columns)
+    if _PRIOR in df.columns:
+        df = df.filter(~pl.col(_PRIOR)).drop(_PRIOR)
+    df = df.with_columns(_remaining_unchanged(columns)).sort(_ORD)
+    return _to_arrow(df.drop(_ORD, _RANK, *_missing_names(columns)), frame.schema)
+
+
+def mirror_changes(frame: pa.Table, key_columns: Sequence[str]) -> MirrorChanges:
+    """The last change per key after the last truncate, as upserts and deletes for one MERGE.
+
+    An unchanged-TOAST value is taken from an earlier event of the same key in the frame; when
+    there is none, `_keep_<col>` tells the merge to keep the target's value. A key-changing update
+    whose value lives only under the old key in the target cannot be filled here: pass the frame
+    through `fill_unchanged(prior=...)` first (the pipeline does that for the history anyway).
+    """
+    keys = list(key_columns)
+    columns = table_columns(frame)
+    df = _sorted(frame)
+    truncates = df.get_column(CHANGE_TYPE) == "truncate"
+    clear_first = bool(truncates.any())
+    if clear_first:
+        last_truncate = int(truncates.arg_true()[-1])
+        df = df.slice(last_truncate + 1)
+    unchanged = _unchanged_columns(df)
+    if unchanged:
+        df = _fill(df, keys, unchanged)
+    events = _events(df, keys)
+    last = events.unique(subset=keys, keep="last", maintain_order=True)
+    keep_flags = [
+        (pl.col(_missing(c)) & (pl.col(OP) == "upsert")).alias(keep_column(c)) for c in unchanged
+    ]
+    last = last.with_columns(keep_flags)
+    needed = [keep_column(c) for c in unchanged if last.get_column(keep_column(c)).any()]
+    out = last.select(*columns, OP, *needed)
+    schema = pa.schema(
+        [frame.schema.field(c) for c in columns]
+        + [pa.field(OP, pa.string())]
+        + [pa.field(name, pa.bool_()) for name in needed]
+    )
+    return MirrorChanges(rows=_to_arrow(out, schema), clear_first=clear_first)
+
+
+def _sorted(frame: pa.Table) -> pl.DataFrame:
+    """The frame in commit order: (lsn, seq, preimage before postimage), stable."""
+    df = pl.from_arrow(frame)
+    assert isinstance(df, pl.DataFrame)
+    if UNCHANGED not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.List(pl.String)).alias(UNCHANGED))
+    rank = pl.when(pl.col(CHANGE_TYPE) == "update_preimage").then(0).otherwise(1)
+    return (
+        df.with_row_index(_ORD)
+        .with_columns(pl.col(_ORD).cast(pl.Int64))
+        .with_columns(rank.alias(_RANK))
+        .sort([LSN, SEQ, _RANK, _ORD], maintain_order=True)
+    )
+
+
+def _unchanged_columns(df: pl.DataFrame) -> list[str]:
+    """Columns named in any `_pg_unchanged` list of the frame, in table order."""
+    named = set(df.get_column(UNCHANGED).explode().drop_nulls().to_list())
+    return [c for c in df.columns if c in named]
+
+
+def _missing(column: str) -> str:
+    """Working column: the row still lacks its unchanged-TOAST value of `column`."""
+    return f"__missing_{column}"
+
+
+def _missing_names(columns: Sequence[str]) -> list[str]:
+    """The working `_missing` columns of `columns`."""
+    return [_missing(c) for c in columns]
+
+
+def _with_prior(
+    df: pl.DataFrame, prior: pa.Table, key_columns: Sequence[str], columns: Sequence[str]
+) -> pl.DataFrame:
+    """Prepend the prior mirror rows as carrier events placed before every change of the frame."""
+    usable = [c for c in columns if c in prior.column_names]
+    prior_df = pl.from_arrow(prior.select([*key_columns, *usable]))
+    assert isinstance(prior_df, pl.DataFrame)
+    prior_df = prior_df.with_columns(
+        pl.lit("insert").alias(CHANGE_TYPE),
+        pl.lit(-1, dtype=df.schema[LSN]).alias(LSN),
+        pl.lit(-1, dtype=df.schema[SEQ]).alias(SEQ),
+        pl.lit(-1, dtype=df.schema[_ORD]).alias(_ORD),
+        pl.lit(1, dtype=df.schema[_RANK]).alias(_RANK),
+        pl.lit(True).alias(_PRIOR),
+    )
+    prior_df = prior_df.cast({c: df.schema[c] for c in prior_df.columns if c in df.schema})
+    df = df.with_columns(pl.lit(False).alias(_PRIOR))
+    return pl.concat([prior_df, df], how="diagonal_relaxed")
+
+
+def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataFrame:
+    """Fill unchanged-TOAST values from the paired preimage, then from the key's earlier carriers.
+
+    An unchanged TOAST value is never NULL (NULLs are not TOASTed), so any non-null value an event
+    carries for the column is the value as of that event, and a null means "not carried" (a
+    DEFAULT preimage or delete holds only the key). Each round is vectorised; more than one round
+    is needed only for chains of key changes inside the frame (A→B then B→C).
+    """
+    df = df.with_columns(
+        (
+            pl.col(UNCHANGED).list.contains(c).fill_null(False)
+            & (pl.col(CHANGE_TYPE) == "update_postimage")
+        ).alias(_missing(c))
+        for c in columns
+    )
+    pre = pl.col(CHANGE_TYPE) == "update_preimage"
+    post = pl.col(CHANGE_TYPE) == "update_postimage"
+    for _ in range(df.height + 1):
+        # latest value the key carried up to this row (a row still missing carries null)
+        ff = df.with_columns(
+            pl.col(c).forward_fill().over(keys).alias(f"__ff_{c}") for c in columns
+        )
+        from_pre = ff.filter(pre).select(
+            LSN, SEQ, *[pl.col(f"__ff_{c}").alias(f"__pre_{c}") for c in columns]
+        )
+        step = ff.join(from_pre, on=[LSN, SEQ], how="left", maintain_order="left").with_columns(
+            pl.when(pl.col(_missing(c)) & post)
+            .then(pl.coalesce(pl.col(f"__pre_{c}"), pl.col(f"__ff_{c}")))
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in columns
+        )
+        step = step.select(df.columns).with_columns(
+            (pl.col(_missing(c)) & pl.col(c).is_null()).alias(_missing(c)) for c in columns
+        )
+        progressed = any(
+            step.get_column(_missing(c)).sum() < df.get_column(_missing(c)).sum() for c in columns
+        )
+        df = step
+        if not progressed:
+            break
+    return df
+
+
+def _events(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Upserts (insert, postimage) and deletes (delete, preimage of a key change), in order."""
+    pre = df.filter(pl.col(CHANGE_TYPE) == "update_preimage")
+    post_keys = df.filter(pl.col(CHANGE_TYPE) == "update_postimage").select(
+        LSN, SEQ, *[pl.col(k).alias(f"__post_{k}") for k in keys]
+    )
+    paired = pre.join(post_keys, on=[LSN, SEQ], how="left")
+    same_key = pl.all_horizontal(pl.col(k).eq_missing(pl.col(f"__post_{k}")) for k in keys)
+    moved = paired.filter(~same_key).select(_ORD)
+    kind = pl.col(CHANGE_TYPE)
+    op = (
+        pl.when(kind.is_in(["insert", "update_postimage"]))
+        .then(pl.lit("upsert"))
+        .when(kind == "delete")
+        .then(pl.lit("delete"))
+        .when(pl.col(_ORD).is_in(moved.get_column(_ORD).implode()))
+        .then(pl.lit("delete"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    return df.with_columns(op.alias(OP)).filter(pl.col(OP).is_not_null())
+
+
+def _remaining_unchanged(columns: Sequence[str]) -> pl.Expr:
+    """`_pg_unchanged` naming only what is still missing; null when nothing is."""
+    parts = [pl.when(pl.col(_missing(c))).then(pl.lit(c)) for c in columns]
+    names = pl.concat_list(parts).list.drop_nulls()
+    return pl.when(names.list.len() > 0).then(names).otherwise(None).alias(UNCHANGED)
+
+
+def _to_arrow(df: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Back to Arrow with the caller's exact types (polars widens strings, lists, binaries)."""
+    table = df.select(schema.names).to_arrow()
+    return table.cast(schema)
