@@ -70,7 +70,7 @@ def test_lake_root_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ({"timeseries_key": "id"}, "cannot be a key column"),
         ({"source": ""}, "`source` is required"),
         ({"mode": "continuous", "schedule": "0 * * * *"}, "snapshot and triggered tables only"),
-        ({"primary_key": ["id", "id"]}, "names a column twice"),
+        ({"primary_key": ["id", "id"]}, "lists 'id' twice"),
     ],
 )
 def test_bad_table_entries_are_refused(
@@ -94,7 +94,7 @@ def test_duplicate_names_refused(tmp_path: Path) -> None:
 def test_top_level_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="unknown top-level key"):
         parse_spec({"synced_tables": [GOOD], "tables": []}, path=tmp_path / "s.yaml")
-    with pytest.raises(SpecError, match="non-empty list"):
+    with pytest.raises(SpecError, match="at least one synced table"):
         parse_spec({"synced_tables": []}, path=tmp_path / "s.yaml")
     with pytest.raises(SpecError, match="not found"):
         load_spec(tmp_path / "missing.yaml")
