@@ -56,14 +56,15 @@ def table_partitions(
 def copy_batches(
     dsn: str,
     *,
-    snapshot_name: str,
+    snapshot_name: str | None,
     schema: str,
     table: str,
     columns: Sequence[RelationColumn],
     where: str | None = None,
     batch_bytes: int = 8 << 20,
 ) -> Iterator[pa.RecordBatch]:
-    """Yield the table's rows (optionally a TID range) under the snapshot as typed batches."""
+    """Yield the table's rows (optionally a TID range) under the snapshot as typed batches;
+    without a snapshot name, as of a fresh repeatable-read snapshot of their own."""
     if where is not None and not (where and _TID_RANGE.match(where)):
         raise ValueError(f"copy_batches takes only a TID range from table_partitions: {where!r}")
     typed = arrow_schema(columns)
@@ -77,7 +78,8 @@ def copy_batches(
     try:
         conn.autocommit = True  # BEGIN is ours: SET TRANSACTION SNAPSHOT must come first in it
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+        if snapshot_name is not None:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
         with conn.cursor() as cur, cur.copy(query) as copy:
             names = [f"c{index}" for index in range(len(columns))]
             reader = _open_csv(_CopyReader(iter(copy)), names, batch_bytes)

@@ -1,0 +1,2 @@
+"""Lakehouse syncs, Postgres → Delta: initial snapshot, stream, drain, follow, verify, delete,
+status."""

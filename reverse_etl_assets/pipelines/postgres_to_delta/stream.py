@@ -1,0 +1,345 @@
+"""The lakehouse sync's engine: read the slot, keep whole transactions, land them in Delta,
+acknowledge.
+
+Each Delta commit carries the commit LSN of the last source transaction it holds; a session skips
+what a table already has, so a crash anywhere lands every change exactly once. The slot is
+acknowledged only up to what every table has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reverse_etl_assets.delta import writer
+from reverse_etl_assets.errors import ReverseEtlError
+from reverse_etl_assets.pipelines.postgres_to_delta.changes import Stamp, TableChanges
+from reverse_etl_assets.postgres.replication import slot as slots
+from reverse_etl_assets.postgres.replication.messages import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Relation,
+    Truncate,
+    Update,
+)
+from reverse_etl_assets.postgres.replication.stream import ReplicationStream
+from reverse_etl_assets.schema.postgres_to_delta import arrow_type
+from reverse_etl_assets.spec import LakehouseSync
+from reverse_etl_assets.transform.lakehouse_changes import (
+    LSN,
+    fill_unchanged,
+    history_rows,
+    mirror_changes,
+    unfilled_keys,
+)
+
+log = logging.getLogger(__name__)
+
+# A batch this large is landed without waiting for the flush interval (rows of all tables).
+MAX_BATCH_ROWS = 200_000
+READ_TIMEOUT_SECONDS = 0.2
+
+
+def app_id(sync: LakehouseSync) -> str:
+    """The Delta application id under which each commit records its source LSN."""
+    return f"reverse_etl/{sync.slot}"
+
+
+class TableFailed(ReverseEtlError):
+    """One table cannot go on (a type Delta cannot widen, a value it cannot hold); the others do."""
+
+
+@dataclass
+class Flushed:
+    """What one flush landed."""
+
+    rows: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    last_lsn: int | None = None
+    last_commit_time: datetime | None = None
+
+
+class ChangeStream:
+    """One session on the slot: receive, buffer whole transactions, flush to Delta, acknowledge."""
+
+    def __init__(
+        self,
+        sync: LakehouseSync,
+        dsn: str,
+        *,
+        failed_tables: dict[str, str],
+        application_name: str = "reverse_etl lakehouse",
+    ) -> None:
+        self.sync = sync
+        self.dsn = dsn
+        self.failed = dict(failed_tables)
+        self.stream = ReplicationStream(
+            dsn, slot=sync.slot, publication=sync.publication, application_name=application_name
+        )
+        self.catalog = psycopg.connect(dsn, autocommit=True)
+        self.relations: dict[int, Relation] = {}
+        self.keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.pending: dict[tuple[str, str], TableChanges] = {}
+        self.versions: dict[str, int] = {}
+        self.txn: Begin | None = None
+        self.seq = 0
+        self.pending_rows = 0
+        self.first_pending_at: float | None = None
+        self.last_end_lsn: int | None = None
+        self.last_commit: Commit | None = None
+        self.acked: int = 0
+
+    def close(self) -> None:
+        """Close the replication and catalog connections."""
+        try:
+            self.stream.close()
+        finally:
+            self.catalog.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a source transaction is half received."""
+        return self.txn is not None
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether whole transactions wait to be landed."""
+        return self.last_end_lsn is not None and self.last_end_lsn > self.acked
+
+    def flush_due(self, interval: float) -> bool:
+        """Whether pending transactions have waited `interval` seconds, or the batch is large."""
+        if not self.has_pending or self.in_transaction:
+            return False
+        if self.pending_rows >= MAX_BATCH_ROWS:
+            return True
+        return self.first_pending_at is not None and (
+            time.monotonic() - self.first_pending_at >= interval
+        )
+
+    def receive(self, seconds: float) -> int:
+        """Read messages for up to `seconds` (or until a large batch is whole); messages read."""
+        deadline = time.monotonic() + seconds
+        count = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return count
+            data = self.stream.read(min(left, READ_TIMEOUT_SECONDS))
+            if data is None:
+                continue
+            count += 1
+            committed = self._handle(data.message)
+            if committed and self.pending_rows >= MAX_BATCH_ROWS:
+                return count
+
+    def flush(self) -> Flushed:
+        """Land every whole transaction received, then acknowledge them."""
+        result = Flushed()
+        if self.last_end_lsn is None or self.in_transaction:
+            return result
+        for (schema, table), changes in list(self.pending.items()):
+            label = f"{schema}.{table}"
+            if label in self.failed:
+                continue
+            try:
+                landed = self._land(schema, table, changes)
+            except (TableFailed, writer.SchemaConflictError) as exc:
+                result.failed[label] = str(exc)
+                self.failed[label] = str(exc)
+                log.error("%s: %s: %s", self.sync.name, label, exc)
+                continue
+            if landed is not None:
+                result.rows += landed.num_rows
+                for kind, count in _count_types(landed).items():
+                    result.by_type[kind] = result.by_type.get(kind, 0) + count
+                result.tables.append(label)
+        self.pending.clear()
+        self.pending_rows = 0
+        self.first_pending_at = None
+        if self.last_commit is not None:
+            result.last_lsn = self.last_commit.commit_lsn
+            result.last_commit_time = self.last_commit.commit_time
+        self.acknowledge(self.last_end_lsn)
+        return result
+
+    def acknowledge(self, lsn: int) -> None:
+        """Tell the server everything up to `lsn` is safe in Delta (it may recycle that WAL)."""
+        if lsn > self.acked:
+            self.acked = lsn
+        self.stream.send_status(flush_lsn=self.acked)
+
+    def acknowledge_idle(self) -> None:
+        """With nothing pending or half received, confirm the server's position so an idle
+        slot does not hold WAL written by other databases or unpublished tables."""
+        if not self.in_transaction and not self.pending and self.stream.server_wal_end:
+            self.acknowledge(self.stream.server_wal_end)
+
+    def request_position(self) -> None:
+        """Ask the server to send its position now (a keepalive), to learn we caught up."""
+        self.stream.send_status(flush_lsn=self.acked, reply_requested=True)
+
+    # Messages.
+
+    def _handle(self, message: object) -> bool:
+        """Take one message; True when it completed a transaction."""
+        if isinstance(message, Begin):
+            self.txn = message
+            self.seq = 0
+            return False
+        if isinstance(message, Commit):
+            self.txn = None
+            self.last_end_lsn = message.end_lsn
+            self.last_commit = message
+            if self.first_pending_at is None and self.pending:
+                self.first_pending_at = time.monotonic()
+            return True
+        if isinstance(message, Relation):
+            self._relation(message)
+            return False
+        if isinstance(message, Insert | Update | Delete | Truncate):
+            self._change(message)
+        return False
+
+    def _relation(self, relation: Relation) -> None:
+        label = f"{relation.schema}.{relation.table}"
+        previous = self.relations.get(relation.oid)
+        self.relations[relation.oid] = relation
+        if previous is None or label in self.failed:
+            return
+        before = {c.name: arrow_type(c) for c in previous.columns}
+        for column in relation.columns:
+            old = before.get(column.name)
+            new = arrow_type(column)
+            if old is not None and old != new:
+                message = (
+                    f"lakehouse sync {self.sync.name!r}: column {column.name!r} of {label} changed "
+                    f"type ({old} to {new}) and Delta cannot widen it; this table stops here (the "
+                    f"others go on). Rebuild it with `reverse-etl sync {self.sync.name} "
+                    "--full-refresh`"
+                )
+                self.failed[label] = message
+                self.pending.pop((relation.schema, relation.table), None)
+                log.error("%s", message)
+                return
+
+    def _change(self, message: Insert | Update | Delete | Truncate) -> None:
+        assert self.txn is not None, "a change outside a transaction"
+        self.seq += 1
+        stamp = Stamp(
+            lsn=self.txn.final_lsn,
+            seq=self.seq,
+            xid=self.txn.xid,
+            commit_time=self.txn.commit_time,
+        )
+        if isinstance(message, Truncate):
+            for oid in message.relation_oids:
+                relation = self.relations[oid]
+                changes = self._changes_of(relation)
+                if changes is not None:
+                    changes.add_truncate(relation, stamp)
+                    self.pending_rows += 1
+            return
+        relation = self.relations[message.relation_oid]
+        changes = self._changes_of(relation)
+        if changes is None:
+            return
+        if isinstance(message, Insert):
+            changes.add_insert(relation, message.new, stamp)
+        elif isinstance(message, Update):
+            changes.add_update(relation, message.old, message.new, stamp)
+        else:
+            changes.add_delete(relation, message.old, stamp)
+        self.pending_rows += 1
+
+    def _changes_of(self, relation: Relation) -> TableChanges | None:
+        key = (relation.schema, relation.table)
+        if f"{relation.schema}.{relation.table}" in self.failed:
+            return None
+        if key not in self.pending:
+            self.pending[key] = TableChanges(schema=relation.schema, table=relation.table)
+        return self.pending[key]
+
+    # Landing.
+
+    def _land(self, schema: str, table: str, changes: TableChanges) -> pa.Table | None:
+        """Write one table's changes to its history and mirror, skipping what each holds."""
+        try:
+            frame = changes.to_arrow()
+        except ReverseEtlError as exc:
+            raise TableFailed(
+                f"lakehouse sync {self.sync.name!r}: {schema}.{table} near LSN "
+                f"{changes.last_lsn}: {exc}. Fix the value in Postgres or change the column's "
+                f"type, then run `reverse-etl sync {self.sync.name} --full-refresh`"
+            ) from exc
+        keys = self._keys(schema, table)
+        version = changes.last_lsn
+        landed: pa.Table | None = None
+        needs_fill = unfilled_keys(frame, keys).num_rows > 0 if keys else False
+        prior = None
+        mirror_uri = self.sync.mirror_uri(table)
+        if needs_fill and self.sync.mirror:
+            prior = writer.lookup_rows(
+                mirror_uri,
+                keys,
+                unfilled_keys(frame, keys),
+                columns=None,
+                storage_options=self.sync.storage_options,
+            )
+        filled = fill_unchanged(frame, keys, prior=prior) if keys else frame
+        if self.sync.history:
+            uri = self.sync.history_uri(table)
+            rows = self._new_rows(uri, filled)
+            if rows.num_rows:
+                writer.append_changes(
+                    uri,
+                    history_rows(rows),
+                    app_id=app_id(self.sync),
+                    version=version,
+                    storage_options=self.sync.storage_options,
+                )
+                self.versions[uri] = version
+                landed = rows
+        if self.sync.mirror and keys:
+            rows = self._new_rows(mirror_uri, filled)
+            if rows.num_rows:
+                writer.merge_changes(
+                    mirror_uri,
+                    mirror_changes(rows, keys),
+                    key_columns=keys,
+                    app_id=app_id(self.sync),
+                    version=version,
+                    storage_options=self.sync.storage_options,
+                )
+                self.versions[mirror_uri] = version
+                landed = landed if landed is not None else rows
+        return landed
+
+    def _new_rows(self, uri: str, frame: pa.Table) -> pa.Table:
+        """The rows of `frame` from transactions the Delta table at `uri` does not hold yet."""
+        if uri not in self.versions:
+            stored = writer.transaction_version(
+                uri, app_id(self.sync), storage_options=self.sync.storage_options
+            )
+            self.versions[uri] = -1 if stored is None else stored
+        return frame.filter(pc.greater(frame[LSN], self.versions[uri]))
+
+    def _keys(self, schema: str, table: str) -> tuple[str, ...]:
+        if (schema, table) not in self.keys:
+            info = slots.table_columns(self.catalog, schema, table)
+            self.keys[(schema, table)] = info.primary_key if info is not None else ()
+        return self.keys[(schema, table)]
+
+
+def _count_types(frame: pa.Table) -> dict[str, int]:
+    counts = pc.value_counts(frame["_pg_change_type"]).to_pylist()
+    return {item["values"]: item["counts"] for item in counts}
