@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+import psycopg
+
 from reverse_etl_assets import settings
 from reverse_etl_assets.delta.reader import enable_change_data_feed, open_source
 from reverse_etl_assets.errors import ReverseEtlError, SpecError, translate
@@ -24,11 +26,19 @@ from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, Sync
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.delta_to_postgres.status import TableStatus, table_status
 from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
+from reverse_etl_assets.pipelines.postgres_to_delta.delete import delete_lakehouse
+from reverse_etl_assets.pipelines.postgres_to_delta.follow import follow_lakehouse
+from reverse_etl_assets.pipelines.postgres_to_delta.preflight import check_lakehouse
+from reverse_etl_assets.pipelines.postgres_to_delta.run import source_dsn, sync_lakehouse
+from reverse_etl_assets.pipelines.postgres_to_delta.status import LakehouseStatus, lakehouse_status
+from reverse_etl_assets.pipelines.postgres_to_delta.verify import verify_lakehouse
 from reverse_etl_assets.postgres import state
 from reverse_etl_assets.postgres.connect import connect, redact
+from reverse_etl_assets.postgres.lakehouse_state import read_lakehouse_state
+from reverse_etl_assets.postgres.replication.lsn import format_lsn
 from reverse_etl_assets.runtime.progress import describe_progress
 from reverse_etl_assets.runtime.signals import stop_on_signals
-from reverse_etl_assets.spec import Spec, load_spec, resolve_source
+from reverse_etl_assets.spec import LakehouseSync, Spec, load_spec, resolve_source
 
 STATUS_COLUMNS = (
     "name",
@@ -65,7 +75,8 @@ def _explain(failure: ReverseEtlError) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reverse-etl", description="Synced tables from Delta Lake to PostgreSQL."
+        prog="reverse-etl",
+        description="Synced tables from Delta Lake to PostgreSQL, and lakehouse syncs back.",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -74,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser("sync", help="sync a table now (the same code as the asset)")
     target = sync.add_mutually_exclusive_group(required=True)
-    target.add_argument("name", nargs="?", help="synced table name, e.g. lakebase.gold.users")
+    target.add_argument(
+        "name", nargs="?", help="synced table (lakebase.gold.users) or lakehouse sync name"
+    )
     target.add_argument("--all", action="store_true", help="sync every table of the spec")
     sync.add_argument("--full-refresh", action="store_true", help="rebuild from a full snapshot")
     sync.set_defaults(run=_sync)
@@ -82,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     follow = commands.add_parser(
         "follow", help="follow a continuous table in the foreground (what the Dagster run runs)"
     )
-    follow.add_argument("name", help="synced table name (mode: continuous)")
+    follow.add_argument("name", help="continuous synced table or lakehouse sync")
     follow.add_argument(
         "--max-seconds", type=float, metavar="S", help="stop (exit 0) after S seconds"
     )
@@ -141,19 +154,53 @@ def _validate(args: argparse.Namespace) -> int:
                 print(f"FAIL {table.name}: {_explain(exc)}")
                 continue
             print(f"ok   {table.name}: {table.source} v{source.version}, {len(columns)} columns")
+        if conn is not None:
+            failed += _validate_lakehouse(spec, conn)
     finally:
         if conn is not None:
             conn.close()
     if failed:
-        print(f"{failed} of {len(spec.synced_tables)} synced table(s) invalid", file=sys.stderr)
+        total = len(spec.synced_tables) + len(spec.lakehouse_syncs)
+        print(f"{failed} of {total} synced table(s) / lakehouse sync(s) invalid", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _validate_lakehouse(spec: Spec, conn: psycopg.Connection) -> int:
+    """Server checks of each lakehouse sync; the number that failed."""
+    failed = 0
+    for sync in spec.lakehouse_syncs:
+        try:
+            source = source_dsn(sync, settings.pg_dsn())
+            if source == settings.pg_dsn():
+                warnings = check_lakehouse(conn, sync)
+            else:
+                with connect(source, autocommit=True) as other:
+                    warnings = check_lakehouse(other, sync)
+        except Exception as exc:
+            failure = translate(exc)
+            if failure is None:
+                raise
+            failed += 1
+            print(f"FAIL {sync.name}: {_explain(failure)}")
+            continue
+        for warning in warnings:
+            print(f"warn {warning}")
+        print(f"ok   {sync.name}: lakehouse sync into {sync.target}")
+    return failed
 
 
 def _sync(args: argparse.Namespace) -> int:
     spec = _spec()
+    sync = None if args.all else spec.lakehouse_sync(args.name)
+    if sync is not None:
+        return _sync_lakehouse([sync], full_refresh=args.full_refresh)
     tables = spec.synced_tables if args.all else (spec.table(args.name),)
     dsn = settings.pg_dsn()
-    failed = 0
+    failed = (
+        0
+        if not args.all
+        else _sync_lakehouse(list(spec.lakehouse_syncs), full_refresh=args.full_refresh)
+    )
     for table in tables:
         try:
             progress = _progress_bar(table.name)
@@ -175,8 +222,32 @@ def _sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _sync_lakehouse(syncs: list[LakehouseSync], *, full_refresh: bool) -> int:
+    """Sync each lakehouse sync once; the number that failed."""
+    failed = 0
+    for sync in syncs:
+        try:
+            result = sync_lakehouse(sync, settings.pg_dsn(), full_refresh=full_refresh)
+        except Exception as exc:
+            failure = translate(exc)
+            if failure is None:
+                raise
+            failed += 1
+            print(f"FAIL {sync.name}: {_explain(failure)}", file=sys.stderr)
+            continue
+        print(result.describe())
+        for table, message in sorted(result.failed_tables.items()):
+            print(f"FAIL {sync.name}: {table}: {message}", file=sys.stderr)
+            failed += 1
+    return failed
+
+
 def _follow(args: argparse.Namespace) -> int:
-    table = _spec().table(args.name)
+    spec = _spec()
+    sync = spec.lakehouse_sync(args.name)
+    if sync is not None:
+        return _follow_lakehouse(sync, args.max_seconds)
+    table = spec.table(args.name)
     # Retries and reconnects are logged; each applied batch is printed on stdout.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
@@ -201,14 +272,48 @@ def _follow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _follow_lakehouse(sync: LakehouseSync, max_seconds: float | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    try:
+        with stop_on_signals(stop):
+            summary = follow_lakehouse(
+                sync,
+                settings.pg_dsn(),
+                max_seconds=max_seconds,
+                stop=stop,
+                on_flush=lambda result: print(result.describe(), flush=True),
+            )
+    except KeyboardInterrupt:
+        print(f"stopped following {sync.name} at once; what was not landed comes again")
+        return 0
+    lsn = format_lsn(summary.last_lsn) if summary.last_lsn is not None else "-"
+    print(
+        f"stopped following {sync.name} at LSN {lsn}: {summary.changes:,} change(s) in "
+        f"{summary.flushes} commit(s), {summary.reconnects} reconnect(s), {summary.seconds:.0f}s"
+    )
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
-    result = verify_table(_spec().table(args.name), settings.pg_dsn())
+    spec = _spec()
+    sync = spec.lakehouse_sync(args.name)
+    if sync is not None:
+        checks = verify_lakehouse(sync, settings.pg_dsn())
+        for check in checks:
+            print(check.describe())
+        return 0 if all(c.content_matches for c in checks) else 1
+    result = verify_table(spec.table(args.name), settings.pg_dsn())
     print(result.describe() + f" [{result.seconds:.2f}s]")
     return 0 if result.content_matches else 1
 
 
 def _delete(args: argparse.Namespace) -> int:
     name = args.name
+    sync = _spec().lakehouse_sync(name)
+    if sync is not None:
+        print(delete_lakehouse(sync, settings.pg_dsn(), drop_tables=args.drop_table))
+        return 0
     if len(name.split(".")) != 3:
         raise SpecError(f"{name!r} is not a synced table name (<catalog>.<schema>.<table>)")
     print(delete_synced_table(name, settings.pg_dsn(), drop_table=args.drop_table))
@@ -256,16 +361,55 @@ def _enable_cdf(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     spec = _spec()
-    tables = (spec.table(args.name),) if args.name else spec.synced_tables
+    sync = spec.lakehouse_sync(args.name) if args.name else None
+    syncs = [sync] if sync is not None else ([] if args.name else list(spec.lakehouse_syncs))
+    tables = () if sync is not None else (
+        (spec.table(args.name),) if args.name else spec.synced_tables
+    )  # fmt: skip
     with connect(settings.pg_dsn(), autocommit=True) as conn:
         state.ensure_state_table(conn)
         stored = {s.name: s for s in state.read_all_states(conn)}
+        lakehouse = [_lakehouse_status(s, conn) for s in syncs]
     rows = [table_status(t, stored.get(t.name)) for t in tables]
     if args.json:
-        print(json.dumps([r.to_json() for r in rows], indent=2))
-    else:
+        objects = [r.to_json() for r in rows] + [s.to_json() for s in lakehouse]
+        print(json.dumps(objects, indent=2, default=str))
+        return 0
+    if rows:
         print(_format_table(rows))
+    for status in lakehouse:
+        print(_format_lakehouse(status))
     return 0
+
+
+def _lakehouse_status(sync: LakehouseSync, conn: psycopg.Connection) -> LakehouseStatus:
+    stored = read_lakehouse_state(conn, sync.name)
+    source = source_dsn(sync, settings.pg_dsn())
+    if source == settings.pg_dsn():
+        return lakehouse_status(sync, stored, conn)
+    try:
+        with connect(source, autocommit=True) as other:
+            return lakehouse_status(sync, stored, other)
+    except ReverseEtlError:
+        return lakehouse_status(sync, stored, None)
+
+
+def _format_lakehouse(status: LakehouseStatus) -> str:
+    lines = [
+        f"lakehouse sync {status.name} ({status.mode}): {status.detailed_state}",
+        f"  slot {status.slot}  last_lsn {_cell(status.last_lsn)}  lag_bytes "
+        f"{_cell(status.lag_bytes)}  retained_wal_bytes {_cell(status.retained_wal_bytes)}  "
+        f"lag_seconds {_cell(status.lag_seconds)}",
+    ]
+    if status.message:
+        lines.append(f"  message: {status.message}")
+    for table in status.tables:
+        lines.append(
+            f"  {table.table}: {table.detailed_state}  rows {_cell(table.rows)}  last_lsn "
+            f"{_cell(table.last_lsn)}  mirror {_cell(table.mirror)}  history {_cell(table.history)}"
+            + (f"  message: {table.message}" if table.message else "")
+        )
+    return "\n".join(lines)
 
 
 def _format_table(rows: list[TableStatus]) -> str:

@@ -3,12 +3,15 @@ initial snapshot, drains, exactly once, TOAST, truncate, schema changes, a lost 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
+from deltalake import DeltaTable
 
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
+from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
 from reverse_etl_assets_tests.lakehouse_helpers import (
     delta_rows,
     execute,
@@ -112,3 +115,160 @@ def test_a_dropped_slot_is_a_failure_that_says_full_refresh(pg_dsn: str, tmp_pat
     refreshed = sync_lakehouse(sync, pg_dsn, full_refresh=True)
     assert refreshed.path == "snapshot"
     assert [r["id"] for r in delta_rows(sync.mirror_uri("orders"))] == [1, 2]
+
+
+def test_a_crash_between_the_delta_commit_and_the_acknowledgement_writes_nothing_twice(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    execute(pg_dsn, ORDERS, "INSERT INTO orders VALUES (1, 'a', 1, now(), NULL)")
+    sync = lakehouse_sync(tmp_path)
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "INSERT INTO orders VALUES (2, 'b', 2, now(), NULL)",
+        "UPDATE orders SET amount = 9 WHERE id = 1",
+    )
+    stream = ChangeStream(sync, pg_dsn, failed_tables={})
+    try:
+        deadline = time.monotonic() + 30
+        while stream.last_commit is None or stream.in_transaction or len(stream.pending) == 0:
+            stream.receive(0.5)
+            assert time.monotonic() < deadline
+        for (schema, table), changes in stream.pending.items():
+            stream._land(schema, table, changes)  # the Delta commits land ...
+    finally:
+        stream.stream.close()  # ... and the process dies before acknowledging
+        stream.catalog.close()
+    again = sync_lakehouse(sync, pg_dsn)  # the server sends those transactions again
+    assert again.rows == 0
+    rows = history(sync.history_uri("orders"))
+    assert [r["_pg_change_type"] for r in rows] == ["insert", "insert", "update_postimage"]
+    assert delta_rows(sync.mirror_uri("orders")) == pg_rows(pg_dsn)
+
+
+def test_a_transaction_that_began_first_and_committed_last_lands_in_commit_order(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    execute(pg_dsn, ORDERS)
+    sync = lakehouse_sync(tmp_path)
+    sync_lakehouse(sync, pg_dsn)
+    with psycopg.connect(pg_dsn) as early:
+        early.execute("INSERT INTO orders VALUES (1, 'early', 1, now(), NULL)")
+        execute(pg_dsn, "INSERT INTO orders VALUES (2, 'late', 1, now(), NULL)")
+        early.execute("UPDATE orders SET note = 'after 2' WHERE id = 1")
+        early.commit()
+    sync_lakehouse(sync, pg_dsn)
+    rows = history(sync.history_uri("orders"))
+    assert [(r["id"], r["_pg_change_type"]) for r in rows] == [
+        (2, "insert"),
+        (1, "insert"),
+        (1, "update_postimage"),
+    ]
+    assert rows[1]["_pg_lsn"] == rows[2]["_pg_lsn"] > rows[0]["_pg_lsn"]
+    assert delta_rows(sync.mirror_uri("orders")) == pg_rows(pg_dsn)
+
+
+@pytest.mark.slow
+def test_a_100k_row_transaction_lands_whole_in_one_commit(pg_dsn: str, tmp_path: Path) -> None:
+    execute(pg_dsn, ORDERS)
+    sync = lakehouse_sync(tmp_path)
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "INSERT INTO orders SELECT g, 'c', g, now(), repeat('x', 50) "
+        "FROM generate_series(1, 100000) g",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    assert result.changes == {"insert": 100_000}
+    log = DeltaTable(sync.history_uri("orders"))
+    versions = {r["_pg_lsn"] for r in history(sync.history_uri("orders"))}
+    assert len(versions) == 1  # one source transaction ...
+    assert len(log.history()) == 2  # ... in one Delta commit after the snapshot's
+    assert len(delta_rows(sync.mirror_uri("orders"))) == 100_000
+
+
+def test_key_changes_and_deletes_under_default_and_full_identity(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE d (id int PRIMARY KEY, v text, big text)",
+        "CREATE TABLE f (id int PRIMARY KEY, v text, big text)",
+        "ALTER TABLE f REPLICA IDENTITY FULL",
+        "INSERT INTO d SELECT g, 'v', repeat(md5(g::text), 300) FROM generate_series(1, 3) g",
+        "INSERT INTO f SELECT g, 'v', repeat(md5(g::text), 300) FROM generate_series(1, 3) g",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.d", "public.f"])
+    sync_lakehouse(sync, pg_dsn)
+    for table in ("d", "f"):
+        execute(
+            pg_dsn,
+            f"UPDATE {table} SET id = 10 WHERE id = 1",  # a key change, big unchanged (TOAST)
+            f"UPDATE {table} SET v = 'w' WHERE id = 2",
+            f"DELETE FROM {table} WHERE id = 3",
+        )
+    sync_lakehouse(sync, pg_dsn)
+    for table in ("d", "f"):
+        assert delta_rows(sync.mirror_uri(table)) == pg_rows(pg_dsn, table)
+        rows = history(sync.history_uri(table))[3:]
+        kinds = [r["_pg_change_type"] for r in rows]
+        assert kinds == [
+            "update_preimage",
+            "update_postimage",
+            *(["update_preimage"] if table == "f" else []),
+            "update_postimage",
+            "delete",
+        ]
+        full_images = [
+            r for r in rows if r["_pg_change_type"] == "update_postimage" or table == "f"
+        ]
+        assert all(r["big"] is not None for r in full_images)  # TOAST never lands as NULL
+        delete = rows[-1]
+        assert delete["id"] == 3
+        assert (delete["v"] is None) == (table == "d")  # DEFAULT: the key only
+
+
+def test_a_type_delta_cannot_widen_stops_that_table_only(pg_dsn: str, tmp_path: Path) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE a (id int PRIMARY KEY, n int)",
+        "CREATE TABLE b (id int PRIMARY KEY, n int)",
+        "INSERT INTO a VALUES (1, 1)",
+        "INSERT INTO b VALUES (1, 1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.a", "public.b"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "INSERT INTO a VALUES (2, 2)",
+        "ALTER TABLE a ALTER COLUMN n TYPE text",
+        "INSERT INTO a VALUES (3, 'three')",
+        "INSERT INTO b VALUES (2, 2)",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    assert list(result.failed_tables) == ["public.a"]
+    message = result.failed_tables["public.a"]
+    assert "'n'" in message and "--full-refresh" in message
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("b"))] == [1, 2]
+    execute(pg_dsn, "INSERT INTO b VALUES (3, 3)")
+    later = sync_lakehouse(sync, pg_dsn)
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("b"))] == [1, 2, 3]
+    assert "public.a" in later.failed_tables
+    refreshed = sync_lakehouse(sync, pg_dsn, full_refresh=True)
+    assert refreshed.failed_tables == {}
+    assert [r["n"] for r in delta_rows(sync.mirror_uri("a"))] == ["1", "2", "three"]
+
+
+def test_a_value_delta_cannot_hold_fails_its_table_with_column_and_fix(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    execute(
+        pg_dsn, "CREATE TABLE e (id int PRIMARY KEY, day date)", "INSERT INTO e VALUES (1, now())"
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.e"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "INSERT INTO e VALUES (2, 'infinity')")
+    result = sync_lakehouse(sync, pg_dsn)
+    message = result.failed_tables["public.e"]
+    assert "day" in message and "infinity" in message and "--full-refresh" in message
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("e"))] == [1]

@@ -36,7 +36,7 @@ class TableStatus:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601 strings)."""
-        data = asdict(self)
+        data = {"kind": "synced_table", **asdict(self)}
         if self.last_sync_time is not None:
             data["last_sync_time"] = self.last_sync_time.isoformat()
         return data

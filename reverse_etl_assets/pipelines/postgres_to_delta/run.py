@@ -17,6 +17,7 @@ import psycopg
 from reverse_etl_assets.delta import writer
 from reverse_etl_assets.errors import ConfigError, ReverseEtlError, SpecError
 from reverse_etl_assets.pipelines.postgres_to_delta import states
+from reverse_etl_assets.pipelines.postgres_to_delta.preflight import check_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.snapshot import resolve_tables, take_snapshot
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream, Flushed, app_id
 from reverse_etl_assets.postgres.connect import connect
@@ -77,13 +78,6 @@ def source_dsn(sync: LakehouseSync, pipeline_dsn: str) -> str:
     return dsn
 
 
-def check_server(conn: psycopg.Connection, sync: LakehouseSync) -> None:
-    """wal_level, the REPLICATION privilege, the server version: a ConfigError with the fix."""
-    problems = slots.server_problems(conn)
-    if problems:
-        raise ConfigError(f"lakehouse sync {sync.name!r}: " + "; ".join(problems))
-
-
 def sync_lakehouse(
     sync: LakehouseSync, dsn: str, *, full_refresh: bool = False, state_dsn: str | None = None
 ) -> LakehouseResult:
@@ -112,7 +106,8 @@ def _sync(
     failed: dict[str, str],
 ) -> LakehouseResult:
     with connect(source, autocommit=True) as conn:
-        check_server(conn, sync)
+        for warning in check_lakehouse(conn, sync):
+            log.warning("%s", warning)
         tables = resolve_tables(conn, sync)
         needs_snapshot = full_refresh or _needs_snapshot(conn, sync, tables)
     if needs_snapshot:

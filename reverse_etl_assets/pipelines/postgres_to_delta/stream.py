@@ -83,6 +83,7 @@ class ChangeStream:
         self.sync = sync
         self.dsn = dsn
         self.failed = dict(failed_tables)
+        self.new_failures: dict[str, str] = {}
         self.stream = ReplicationStream(
             dsn, slot=sync.slot, publication=sync.publication, application_name=application_name
         )
@@ -144,7 +145,8 @@ class ChangeStream:
 
     def flush(self) -> Flushed:
         """Land every whole transaction received, then acknowledge them."""
-        result = Flushed()
+        result = Flushed(failed=self.new_failures)
+        self.new_failures = {}
         if self.last_end_lsn is None or self.in_transaction:
             return result
         for (schema, table), changes in list(self.pending.items()):
@@ -227,7 +229,7 @@ class ChangeStream:
                     f"others go on). Rebuild it with `reverse-etl sync {self.sync.name} "
                     "--full-refresh`"
                 )
-                self.failed[label] = message
+                self.failed[label] = self.new_failures[label] = message
                 self.pending.pop((relation.schema, relation.table), None)
                 log.error("%s", message)
                 return

@@ -1,0 +1,193 @@
+"""`reverse-etl follow NAME` for a lakehouse sync: stream the slot, commit to Delta at least every
+`flush_interval_seconds`, heartbeat, and reconnect with backoff when Postgres or the store blips.
+
+A `runtime.loop` worker. One follower per slot: the server refuses a second stream on an active
+slot, and the refusal names the pid that holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.pipelines.postgres_to_delta import states
+from reverse_etl_assets.pipelines.postgres_to_delta.run import (
+    LakehouseResult,
+    record_flush,
+    source_dsn,
+    sync_lakehouse,
+)
+from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream, Flushed
+from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.lakehouse_state import (
+    read_lakehouse_state,
+    record_lakehouse_heartbeat,
+)
+from reverse_etl_assets.runtime.loop import run_worker
+from reverse_etl_assets.spec import LakehouseSync
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+# Confirm an idle slot's position this often, so it does not hold other databases' WAL.
+IDLE_ACK_SECONDS = 10.0
+RECEIVE_SECONDS = 0.25
+
+
+@dataclass(frozen=True, kw_only=True)
+class LakehouseFollowSummary:
+    """What one follower did before it stopped."""
+
+    name: str
+    last_lsn: int | None
+    flushes: int
+    changes: int
+    reconnects: int
+    seconds: float
+
+
+def follow_lakehouse(
+    sync: LakehouseSync,
+    dsn: str,
+    *,
+    max_seconds: float | None = None,
+    stop: threading.Event | None = None,
+    on_flush: Callable[[LakehouseResult], None] | None = None,
+) -> LakehouseFollowSummary:
+    """Stream `sync` until `stop` is set or `max_seconds` pass; the first run snapshots first."""
+    if sync.mode != "continuous":
+        raise SpecError(
+            f"lakehouse sync {sync.name!r}: `follow` runs continuous lakehouse syncs, this one is "
+            f"{sync.mode}; set `mode: continuous` (or use `reverse-etl sync {sync.name}`)"
+        )
+    first = sync_lakehouse(sync, dsn)  # the snapshot when there is none, and a catch-up drain
+    if on_flush is not None and first.path != "none":
+        on_flush(first)
+    worker = _Follower(sync, dsn, on_flush=on_flush, last_lsn=first.last_lsn)
+    seconds = run_worker(
+        worker, stop=stop or threading.Event(), max_seconds=max_seconds, idle_seconds=0.0
+    )
+    return LakehouseFollowSummary(
+        name=sync.name,
+        last_lsn=worker.last_lsn,
+        flushes=worker.flushes,
+        changes=worker.changes,
+        reconnects=max(worker.sessions - 1, 0),
+        seconds=seconds,
+    )
+
+
+class _Follower:
+    """The streaming worker: has_more receives, apply lands and acknowledges."""
+
+    def __init__(
+        self,
+        sync: LakehouseSync,
+        dsn: str,
+        *,
+        on_flush: Callable[[LakehouseResult], None] | None,
+        last_lsn: int | None,
+    ) -> None:
+        self.name = sync.name
+        self.sync = sync
+        self.dsn = dsn
+        self.source = source_dsn(sync, dsn)
+        self.on_flush = on_flush
+        self.stream: ChangeStream | None = None
+        self.state: psycopg.Connection | None = None
+        self.sessions = 0
+        self.flushes = 0
+        self.changes = 0
+        self.last_lsn = last_lsn
+        self.failed: dict[str, str] = {}
+        self.next_beat = 0.0
+        self.next_idle_ack = 0.0
+
+    def has_more(self) -> bool:
+        """Connect when needed, receive for a moment; True when a flush is due."""
+        if self.stream is None:
+            self._open()
+        assert self.stream is not None
+        self._beat()
+        self.stream.receive(RECEIVE_SECONDS)
+        if not self.stream.has_pending and time.monotonic() >= self.next_idle_ack:
+            self.stream.acknowledge_idle()
+            self.next_idle_ack = time.monotonic() + IDLE_ACK_SECONDS
+        return self.stream.flush_due(self.sync.flush_interval_seconds)
+
+    def apply(self) -> bool:
+        """Land the whole transactions received and acknowledge them."""
+        assert self.stream is not None and self.state is not None
+        started = time.monotonic()
+        flushed = self.stream.flush()
+        self.failed.update(flushed.failed)
+        record_flush(
+            self.state, self.sync, flushed, failed=self.failed,
+            state=states.ONLINE_CONTINUOUS_UPDATE,
+        )  # fmt: skip
+        self.flushes += 1
+        self.changes += flushed.rows
+        if flushed.last_lsn is not None:
+            self.last_lsn = flushed.last_lsn
+        if self.on_flush is not None:
+            self.on_flush(
+                LakehouseResult(
+                    name=self.sync.name, path="stream", last_lsn=flushed.last_lsn,
+                    rows=flushed.rows, changes=flushed.by_type, failed_tables=flushed.failed,
+                    seconds=time.monotonic() - started,
+                )
+            )  # fmt: skip
+        return True
+
+    def recover(self) -> None:
+        """Drop the session: what was received but not landed comes again after reconnecting."""
+        self._close_session()
+
+    def close(self) -> None:
+        """Land the whole transactions already received (SIGTERM finishes them), then stop."""
+        try:
+            if self.stream is not None and self.stream.has_pending:
+                self.apply()
+            if self.state is not None:
+                record_lakehouse_heartbeat(self.state, name=self.sync.name, pid=None)
+                stored = read_lakehouse_state(self.state, self.sync.name)
+                if stored is not None and stored.state == states.ONLINE_CONTINUOUS_UPDATE:
+                    record_flush(self.state, self.sync, Flushed(), failed=self.failed)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("%s: could not finish cleanly: %s", self.sync.name, exc)
+        finally:
+            self._close_session()
+
+    def _open(self) -> None:
+        self.state = connect(self.dsn, autocommit=True)
+        stored = read_lakehouse_state(self.state, self.sync.name)
+        self.failed = dict(stored.failed_tables) if stored is not None else {}
+        self.stream = ChangeStream(
+            self.sync, self.source, failed_tables=self.failed,
+            application_name=f"reverse_etl follower {self.sync.name}",
+        )  # fmt: skip
+        self.sessions += 1
+        if self.sessions > 1:
+            log.info("%s: reconnected; catching up", self.sync.name)
+
+    def _beat(self) -> None:
+        if self.state is not None and time.monotonic() >= self.next_beat:
+            record_lakehouse_heartbeat(self.state, name=self.sync.name, pid=os.getpid())
+            self.next_beat = time.monotonic() + HEARTBEAT_SECONDS
+
+    def _close_session(self) -> None:
+        for closable in (self.stream, self.state):
+            if closable is not None:
+                try:
+                    closable.close()
+                except (psycopg.Error, OSError) as exc:
+                    log.debug("%s: closing: %s", self.sync.name, exc)
+        self.stream = None
+        self.state = None
