@@ -10,8 +10,10 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 
+from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
+from reverse_etl_assets.spec import parse_spec
 from reverse_etl_assets_tests.lakehouse_helpers import (
     delta_rows,
     execute,
@@ -272,3 +274,42 @@ def test_a_value_delta_cannot_hold_fails_its_table_with_column_and_fix(
     message = result.failed_tables["public.e"]
     assert "day" in message and "infinity" in message and "--full-refresh" in message
     assert [r["id"] for r in delta_rows(sync.mirror_uri("e"))] == [1]
+
+
+def test_the_loop_closes_postgres_to_mirror_to_a_synced_table(pg_dsn: str, tmp_path: Path) -> None:
+    execute(
+        pg_dsn,
+        ORDERS,
+        "INSERT INTO orders SELECT g, 'c', g, now(), NULL FROM generate_series(1, 100) g",
+    )
+    sync = lakehouse_sync(tmp_path)
+    sync_lakehouse(sync, pg_dsn)
+    spec = parse_spec(
+        {
+            "lake_root": str(tmp_path / "lake"),
+            "lakehouse_syncs": [
+                {"name": "app", "tables": ["public.orders"], "target": "bronze.app"}
+            ],
+            "synced_tables": [
+                {
+                    "name": "serving.public.orders_copy",
+                    "source": "bronze.app.orders",
+                    "primary_key": ["id"],
+                    "mode": "triggered",
+                }
+            ],
+        },
+        path=tmp_path / "spec.yaml",
+    )
+    table = spec.synced_tables[0]
+    assert table.source_uri == sync.mirror_uri("orders")
+    sync_table(table, pg_dsn)
+    execute(
+        pg_dsn,
+        "INSERT INTO orders VALUES (200, 'b', 2, now(), 'x')",
+        "UPDATE orders SET amount = 5 WHERE id = 1",
+    )
+    sync_lakehouse(sync, pg_dsn)
+    result = sync_table(table, pg_dsn)
+    assert result.path == "incremental"  # the mirror's Change Data Feed carries the changes
+    assert pg_rows(pg_dsn, "orders_copy") == pg_rows(pg_dsn, "orders")
