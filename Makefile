@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: install
 	$(BIN)/python -m reverse_etl_assets.dev.demo_lake $(LAKE)
+	$(BIN)/python -m reverse_etl_assets.dev.demo_app
 	$(BIN)/reverse-etl sync --all
 	$(BIN)/reverse-etl status
 

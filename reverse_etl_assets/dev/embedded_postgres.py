@@ -49,6 +49,8 @@ _SETTINGS = {
     "max_connections": "200",
     "shared_buffers": "256MB",
     "maintenance_work_mem": "512MB",
+    # A stalled replication slot may hold at most this much WAL before the server drops it.
+    "max_slot_wal_keep_size": "4GB",
 }
 # sun_path is 108 bytes with the trailing NUL; the socket file name adds at most this much.
 _MAX_SOCKET_PATH = 107
