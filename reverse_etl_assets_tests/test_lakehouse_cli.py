@@ -177,3 +177,54 @@ def test_a_second_follower_is_refused_and_sigterm_finishes_cleanly(
     assert "stopped following app" in out
     status = json.loads(run(env, "status", "app", "--json").stdout)[0]
     assert status["detailed_state"] == "LAKEHOUSE_SYNC_ONLINE_NO_PENDING_UPDATE"
+
+
+@pytest.mark.slow
+def test_follower_rides_out_a_dropped_connection_and_fails_clearly_on_a_dropped_slot(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    execute(pg_dsn, "CREATE TABLE orders (id bigint PRIMARY KEY, v text)")
+    env = env_for(tmp_path, pg_dsn)
+    follower = start_follower(env)
+    try:
+        wait_for(lambda: Path(log_of(tmp_path), "_delta_log").exists())
+        execute(pg_dsn, "INSERT INTO orders VALUES (1, 'a')")
+        wait_for(lambda: history_ids(tmp_path) == [1])
+        # The network drops the replication connection: the follower reconnects and goes on.
+        execute(
+            pg_dsn,
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE slot_name = 'reverse_etl_app'",
+            "INSERT INTO orders VALUES (2, 'b')",
+        )
+        wait_for(lambda: history_ids(tmp_path) == [1, 2])
+        # The slot is dropped behind its back: the follower stops and says what to do.
+        wait_for(
+            lambda: (
+                psycopg.connect(pg_dsn, autocommit=True)
+                .execute("SELECT count(*) FROM pg_replication_slots WHERE active_pid IS NOT NULL")
+                .fetchone()
+                == (1,)
+            )
+        )
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            pid = conn.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'reverse_etl_app'"
+            ).fetchone()
+            assert pid is not None
+            conn.execute("SELECT pg_terminate_backend(%s)", pid)
+            for _ in range(50):
+                try:
+                    conn.execute("SELECT pg_drop_replication_slot('reverse_etl_app')")
+                    break
+                except psycopg.errors.ObjectInUse:
+                    time.sleep(0.05)
+        _, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 1
+    assert "reverse_etl_app" in err and "Traceback" not in err
+    status = json.loads(run(env, "status", "app", "--json").stdout)[0]
+    assert status["detailed_state"] == "LAKEHOUSE_SYNC_ONLINE_PIPELINE_FAILED"
+    assert "--full-refresh" in status["message"]

@@ -20,6 +20,7 @@ from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.postgres_to_delta import states
 from reverse_etl_assets.pipelines.postgres_to_delta.run import (
     LakehouseResult,
+    record_failure,
     record_flush,
     source_dsn,
     sync_lakehouse,
@@ -71,9 +72,13 @@ def follow_lakehouse(
     if on_flush is not None and first.path != "none":
         on_flush(first)
     worker = _Follower(sync, dsn, on_flush=on_flush, last_lsn=first.last_lsn)
-    seconds = run_worker(
-        worker, stop=stop or threading.Event(), max_seconds=max_seconds, idle_seconds=0.0
-    )
+    try:
+        seconds = run_worker(
+            worker, stop=stop or threading.Event(), max_seconds=max_seconds, idle_seconds=0.0
+        )
+    except Exception as exc:
+        record_failure(sync, dsn, exc)
+        raise
     return LakehouseFollowSummary(
         name=sync.name,
         last_lsn=worker.last_lsn,

@@ -215,6 +215,15 @@ def record_flush(
     )  # fmt: skip
 
 
+def record_failure(sync: LakehouseSync, dsn: str, exc: Exception) -> None:
+    """Record that `sync` stopped on `exc` (online-failed when Delta serves data already)."""
+    try:
+        with connect(dsn, autocommit=True) as conn:
+            _record_failure(conn, sync, exc)
+    except ReverseEtlError as state_error:
+        log.warning("%s: could not record the failure: %s", sync.name, state_error)
+
+
 def _record_failure(state_conn: psycopg.Connection, sync: LakehouseSync, exc: Exception) -> None:
     stored = read_lakehouse_state(state_conn, sync.name)
     serving = stored is not None and stored.last_lsn is not None
