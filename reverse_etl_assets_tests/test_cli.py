@@ -62,10 +62,11 @@ def test_validate_sync_status(tmp_path: Path, pg_dsn: str) -> None:
 
     status = json.loads(run_cli(env, "status", NAME, "--json").stdout)
     assert set(status[0]) == {
-        "name", "mode", "detailed_state", "message", "source", "source_version",
+        "kind", "name", "mode", "detailed_state", "message", "source", "source_version",
         "last_synced_version", "last_sync_time", "rows", "lag_versions", "lag_seconds",
         "skipped_null_keys",
     }  # fmt: skip
+    assert status[0]["kind"] == "synced_table"
     assert status[0]["detailed_state"] == "SYNCED_TABLE_ONLINE_NO_PENDING_UPDATE"
     assert (status[0]["rows"], status[0]["lag_versions"], status[0]["source_version"]) == (2, 0, 0)
 

@@ -28,6 +28,7 @@ from reverse_etl_assets.postgres.lakehouse_state import (
 )
 from reverse_etl_assets.postgres.replication import slot as slots
 from reverse_etl_assets.postgres.replication.lsn import format_lsn
+from reverse_etl_assets.postgres.replication.problems import SlotActive
 from reverse_etl_assets.spec import LakehouseSync
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,8 @@ def record_failure(sync: LakehouseSync, dsn: str, exc: Exception) -> None:
 
 
 def _record_failure(state_conn: psycopg.Connection, sync: LakehouseSync, exc: Exception) -> None:
+    if isinstance(exc, SlotActive):
+        return  # another follower streams: the sync is healthy, this process just may not run
     stored = read_lakehouse_state(state_conn, sync.name)
     serving = stored is not None and stored.last_lsn is not None
     state = states.ONLINE_PIPELINE_FAILED if serving else states.OFFLINE_FAILED
