@@ -8,13 +8,16 @@ from pathlib import Path
 
 import psycopg
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
+from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets_tests.helpers import (
     delta_rows,
+    fetch,
     items,
     one_table,
     postgres_rows,
@@ -166,3 +169,27 @@ def test_skipped_null_keys_counts_the_synced_version(tmp_path: Path, pg_dsn: str
     assert postgres_rows(pg_dsn) == [(1, "a"), (7, "n1!")]
     full = sync_table(table, pg_dsn, full_refresh=True)
     assert full.skipped_null_keys == stored(pg_dsn).skipped_null_keys == 1
+
+
+def test_nul_byte_in_a_string_key_is_stripped_in_deletes_too(tmp_path: Path, pg_dsn: str) -> None:
+    src = tmp_path / "src"
+    write_delta(src, pa.table({"k": ["a\x00b", "c"], "v": ["1", "2"]}))
+    table = triggered(tmp_path, src, primary_key=["k"], on_invalid_characters="strip")
+    sync_table(table, pg_dsn)
+    DeltaTable(str(src)).update(updates={"v": "'updated'"}, predicate="v = '1'")
+    assert sync_table(table, pg_dsn).path == "incremental"
+    DeltaTable(str(src)).delete("v = 'updated'")
+    assert sync_table(table, pg_dsn).path == "incremental"
+    assert fetch(pg_dsn, "SELECT k, v FROM gold.items_synced ORDER BY k") == [("c", "2")]
+
+
+def test_nul_byte_in_a_delete_key_fails_clearly_under_fail(tmp_path: Path, pg_dsn: str) -> None:
+    src = tmp_path / "src"
+    write_delta(src, pa.table({"k": [f"k{i}" for i in range(20)], "v": ["1"] * 20}))
+    table = triggered(tmp_path, src, primary_key=["k"])
+    sync_table(table, pg_dsn)
+    write_delta(src, pa.table({"k": ["a\x00b"], "v": ["2"]}))
+    DeltaTable(str(src)).delete("v = '2'")  # the range nets to a delete of a key with a NUL
+    with pytest.raises(DataError, match=r"column 'k' holds a NUL byte.*on_invalid_characters"):
+        sync_table(table, pg_dsn)
+    assert stored(pg_dsn).last_synced_version == 0

@@ -19,7 +19,7 @@ from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapsho
 from reverse_etl_assets.postgres import apply, catalog, protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import TableState
-from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns, to_wire
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.changes import NetChanges, net_changes, resolve_latest
 from reverse_etl_assets.transform.cleaning import BatchPreparer
@@ -123,8 +123,14 @@ def _apply(
         columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
     )
     upserts = preparer.stream(net.upserts.to_batches(max_chunksize=65_536))
-    keys = key_columns(columns, table.primary_key)
-    deletes = (to_wire(b, keys) for b in net.deletes.to_batches(max_chunksize=65_536))
+    # Delete keys follow the same rules as every value that reaches Postgres (NUL bytes).
+    key_preparer = BatchPreparer(
+        key_columns(columns, table.primary_key),
+        key=table.primary_key,
+        policy=table.on_invalid_characters,
+        table=table.name,
+    )
+    deletes = key_preparer.stream(net.deletes.to_batches(max_chunksize=65_536))
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
         protection.allow_pipeline_writes(conn)
