@@ -193,3 +193,29 @@ def test_nul_byte_in_a_delete_key_fails_clearly_under_fail(tmp_path: Path, pg_ds
     with pytest.raises(DataError, match=r"column 'k' holds a NUL byte.*on_invalid_characters"):
         sync_table(table, pg_dsn)
     assert stored(pg_dsn).last_synced_version == 0
+
+
+def test_a_map_with_integer_keys_syncs_as_a_json_object(tmp_path: Path, pg_dsn: str) -> None:
+    src = tmp_path / "src"
+    kind = pa.map_(pa.int32(), pa.string())
+    scores = pa.struct([("by_year", pa.map_(pa.int16(), pa.float64()))])
+
+    def rows(ids: list[int], tag: str) -> pa.Table:
+        return pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "m": pa.array([[(i, tag), (i + 1, None)] for i in ids], kind),
+                "s": pa.array([{"by_year": [(2024, 0.5)]} for _ in ids], scores),
+            }
+        )
+
+    write_delta(src, rows(list(range(20)), "a"))
+    table = triggered(tmp_path, src)
+    sync_table(table, pg_dsn)
+    write_delta(src, rows([50], "b"))
+    assert sync_table(table, pg_dsn).path == "incremental"
+    got = fetch(pg_dsn, "SELECT m, s FROM gold.items_synced WHERE id IN (3, 50) ORDER BY id")
+    assert got == [
+        ({"3": "a", "4": None}, {"by_year": {"2024": 0.5}}),
+        ({"50": "b", "51": None}, {"by_year": {"2024": 0.5}}),
+    ]
