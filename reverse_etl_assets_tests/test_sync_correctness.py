@@ -11,7 +11,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from reverse_etl_assets.errors import DataError
+from reverse_etl_assets.delta.reader import open_source
+from reverse_etl_assets.errors import DataError, SpecError
+from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_source
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
@@ -219,3 +221,27 @@ def test_a_map_with_integer_keys_syncs_as_a_json_object(tmp_path: Path, pg_dsn: 
         ({"3": "a", "4": None}, {"by_year": {"2024": 0.5}}),
         ({"50": "b", "51": None}, {"by_year": {"2024": 0.5}}),
     ]
+
+
+def test_source_columns_named_like_system_columns_are_refused(tmp_path: Path, pg_dsn: str) -> None:
+    src = tmp_path / "src"
+    boxes = {"id": pa.array([1], pa.int64()), "xmin": [0.5], "xmax": [1.5], "ymin": [0.0]}
+    write_delta(src, pa.table(boxes))
+    table = triggered(tmp_path, src)
+    source = open_source(str(src), storage_options={})
+    refused = r"'lakebase\.gold\.items_synced': column 'xmin' has the name of a Postgres system"
+    with pytest.raises(SpecError, match=refused):
+        check_source(table, source)  # what `validate` runs
+    with pytest.raises(SpecError, match=refused):
+        sync_table(table, pg_dsn)
+    assert fetch(pg_dsn, "SELECT to_regclass('gold.items_synced')") == [(None,)]
+
+
+def test_system_column_names_in_another_case_are_ordinary_columns(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    src = tmp_path / "src"
+    write_delta(src, pa.table({"id": pa.array([1], pa.int64()), "XMIN": [0.5], "Ctid": ["a"]}))
+    table = triggered(tmp_path, src)
+    sync_table(table, pg_dsn)
+    assert fetch(pg_dsn, 'SELECT id, "XMIN", "Ctid" FROM gold.items_synced') == [(1, 0.5, "a")]

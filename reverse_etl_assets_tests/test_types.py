@@ -126,3 +126,10 @@ def test_sliced_nested_values_with_nulls_encode() -> None:
     assert json_text(blobs.slice(1)).to_pylist() == [None, '["Yw=="]']
     maps = pa.array([[("k", b"a")], None, [("j", b"c")]], pa.map_(pa.string(), pa.binary()))
     assert json_text(maps.slice(1)).to_pylist() == [None, '{"j":"Yw=="}']
+
+
+def test_system_column_names_are_refused_for_every_writer() -> None:
+    # pg_columns serves the syncs and the Postgres IO manager alike
+    with pytest.raises(SpecError, match=r"'x': column 'ctid' has the name of a Postgres system"):
+        pg_columns(pa.schema([("id", pa.int64()), ("ctid", pa.string())]), table="x")
+    assert [c.name for c in pg_columns(pa.schema([("CTID", pa.string())]), table="x")] == ["CTID"]

@@ -29,8 +29,22 @@ class PgColumn:
     nullable: bool = True
 
 
+# Every Postgres table has these hidden columns; a column of the same name cannot be created.
+# Names are compared exactly: quoted identifiers are case-sensitive, so "XMIN" is an ordinary
+# column.
+SYSTEM_COLUMNS = ("tableoid", "xmin", "cmin", "xmax", "cmax", "ctid")
+
+
 def pg_columns(schema: pa.Schema, *, table: str) -> tuple[PgColumn, ...]:
-    """Map every field of `schema`; an unsupported type is a SpecError naming table and column."""
+    """Map every field of `schema`; an unsupported type or a system column name is a SpecError
+    naming table and column."""
+    for name in schema.names:
+        if name in SYSTEM_COLUMNS:
+            raise SpecError(
+                f"synced table {table!r}: column {name!r} has the name of a Postgres system "
+                f"column ({', '.join(SYSTEM_COLUMNS)}), which no table can have. Rename it in "
+                "the source (or a view of it) and sync again"
+            )
     return tuple(_pg_column(field, table) for field in schema)
 
 
