@@ -13,7 +13,9 @@ from deltalake import DeltaTable
 
 from reverse_etl_assets.delta.reader import open_source
 from reverse_etl_assets.errors import DataError, SpecError
+from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
 from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_source
+from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
@@ -245,3 +247,24 @@ def test_system_column_names_in_another_case_are_ordinary_columns(
     table = triggered(tmp_path, src)
     sync_table(table, pg_dsn)
     assert fetch(pg_dsn, 'SELECT id, "XMIN", "Ctid" FROM gold.items_synced') == [(1, 0.5, "a")]
+
+
+def test_the_follower_lands_key_changes_and_timeseries_deletes(tmp_path: Path, pg_dsn: str) -> None:
+    src = tmp_path / "src"
+    write_delta(src, events([(1, 1, "a1"), (2, 1, "b1"), (2, 2, "b2"), *FILLER]))
+    table = one_table(
+        tmp_path,
+        source=str(src),
+        primary_key=["id"],
+        mode="continuous",
+        timeseries_key="ts",
+        full_refresh_threshold=1.0,
+        poll_interval_seconds=0.1,
+    )
+    assert follow_table(table, pg_dsn, max_seconds=0.5).version == 0
+    DeltaTable(str(src)).update(updates={"id": "id + 1000"}, predicate="id = 1")
+    DeltaTable(str(src)).delete("id = 2 AND ts = 2")
+    landed: list[SyncResult] = []
+    follow_table(table, pg_dsn, max_seconds=1.5, on_sync=landed.append)
+    assert [r.path for r in landed] == ["incremental"]
+    assert synced_events(pg_dsn) == latest_per_key(src) == [(2, 1, "b1"), (1001, 1, "a1")]
