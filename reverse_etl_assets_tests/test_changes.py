@@ -80,7 +80,21 @@ def test_null_keys_are_counted_not_applied() -> None:
         timeseries_key=None,
         table="t",
     )
-    assert net.skipped_null_keys == 1 and net.upserts.num_rows == 1
+    assert net.null_key_rows == 1 and net.upserts.num_rows == 1
+
+
+def test_null_key_rows_count_what_arrives_minus_what_leaves() -> None:
+    rows = [
+        (None, "x", "insert", 1),
+        (None, "y", "insert", 1),
+        (None, "x", "update_preimage", 2),  # an update of a NULL-key row: still one row
+        (None, "x2", "update_postimage", 2),
+        (None, "y", "delete", 3),
+        (None, "z", "update_preimage", 3),  # its key set: it leaves the NULL-key rows
+        (4, "z", "update_postimage", 3),
+    ]
+    net = net_changes(cdf(rows), key=("id",), columns=["id", "v"], timeseries_key=None, table="t")
+    assert net.null_key_rows == 0 and net.upserts.column("id").to_pylist() == [4]
 
 
 def test_timeseries_key_resolves_duplicates_within_a_version() -> None:
@@ -94,3 +108,34 @@ def test_timeseries_key_resolves_duplicates_within_a_version() -> None:
     )
     net = net_changes(changes, key=("id",), columns=["id", "at"], timeseries_key="at", table="t")
     assert net.upserts.to_pylist() == [{"id": 1, "at": 9}]
+
+
+def test_a_key_only_left_as_a_preimage_is_deleted() -> None:
+    # UPDATE SET id = id + 1000 WHERE id < 3: the old keys appear only as preimages.
+    rows = [
+        (1, "a", "update_preimage", 2),
+        (1001, "a", "update_postimage", 2),
+        (2, "b", "update_preimage", 2),
+        (1002, "b", "update_postimage", 2),
+    ]
+    assert reduce(rows) == ({1001: "a", 1002: "b"}, [1, 2])
+
+
+def test_a_key_moved_away_and_back_lands_at_its_last_place() -> None:
+    rows = [
+        (1001, "a", "update_postimage", 3),
+        (1001, "a", "update_preimage", 4),
+        (1, "a", "update_preimage", 3),
+        (1, "a", "update_postimage", 4),
+    ]
+    assert reduce(rows) == ({1: "a"}, [1001])
+
+
+def test_keys_swapped_in_one_version_both_stay() -> None:
+    rows = [
+        (1, "one", "update_preimage", 2),
+        (2, "two", "update_preimage", 2),
+        (2, "one", "update_postimage", 2),
+        (1, "two", "update_postimage", 2),
+    ]
+    assert reduce(rows) == ({1: "two", 2: "one"}, [])

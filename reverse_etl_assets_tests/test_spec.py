@@ -107,3 +107,31 @@ def test_top_level_errors(tmp_path: Path) -> None:
 def test_lookup_lists_declared_tables(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"declared: lakebase\.gold\.users_synced"):
         parse(tmp_path).table("lakebase.gold.other")
+
+
+def test_two_names_for_one_postgres_table_are_refused(tmp_path: Path) -> None:
+    a = {**GOOD, "name": "cat_a.s.t"}
+    b = {**GOOD, "name": "cat_b.s.t"}
+    with pytest.raises(
+        SpecError, match=r"'cat_a\.s\.t' and 'cat_b\.s\.t' both land in .*\"s\"\.\"t\""
+    ):
+        parse_spec({"synced_tables": [a, b]}, path=tmp_path / "s.yaml")
+    # Postgres names are quoted, so case makes another table
+    upper = {**GOOD, "name": "cat_b.s.T"}
+    assert (
+        len(parse_spec({"synced_tables": [a, upper]}, path=tmp_path / "s.yaml").synced_tables) == 2
+    )
+
+
+def test_a_table_named_like_another_ones_swap_table_is_refused(tmp_path: Path) -> None:
+    a = {**GOOD, "name": "cat.s.t"}
+    b = {**GOOD, "name": "cat.s.t__retl_new"}
+    with pytest.raises(SpecError, match=r"'cat\.s\.t__retl_new' lands in .*'cat\.s\.t' uses"):
+        parse_spec({"synced_tables": [a, b]}, path=tmp_path / "s.yaml")
+
+
+def test_the_state_schema_is_not_a_target(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"'x\.reverse_etl\.synced_tables'.*schema 'reverse_etl'"):
+        parse(tmp_path, name="x.reverse_etl.synced_tables")
+    with pytest.raises(SpecError, match=r"schema 'reverse_etl'"):
+        parse(tmp_path, name="x.reverse_etl.anything")

@@ -5,6 +5,7 @@ Pure Arrow; the round trip through Postgres is in test_snapshot.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 
@@ -97,3 +98,38 @@ def test_to_wire_casts_and_refuses_precision_loss() -> None:
     )
     with pytest.raises(pa.ArrowInvalid):
         to_wire(lossy, columns)
+
+
+def test_map_keys_of_any_type_become_their_string_form() -> None:
+    ints = pa.array([[(1, "a"), (2, None)], None, []], pa.map_(pa.int32(), pa.string()))
+    assert json_text(ints).to_pylist() == ['{"1":"a","2":null}', None, "{}"]
+    assert json_text(ints.slice(1)).to_pylist() == [None, "{}"]  # a batch cut from a table
+    days = pa.array([[(datetime.date(2024, 1, 31), 1)]], pa.map_(pa.date32(), pa.int64()))
+    assert json_text(days).to_pylist() == ['{"2024-01-31":1}']
+    flags = pa.array([[(True, 1), (False, 0)]], pa.map_(pa.bool_(), pa.int8()))
+    assert json_text(flags).to_pylist() == ['{"true":1,"false":0}']
+    blobs = pa.array([[(b"\x00a", 1)]], pa.map_(pa.binary(), pa.int64()))
+    assert json_text(blobs).to_pylist() == ['{"AGE=":1}']
+    # nested: a map of maps inside a struct, maps inside a list
+    nested = pa.array(
+        [{"m": [(1, [(True, 2)])]}, None],
+        pa.struct([("m", pa.map_(pa.int64(), pa.map_(pa.bool_(), pa.int8())))]),
+    )
+    assert json_text(nested).to_pylist() == ['{"m":{"1":{"true":2}}}', None]
+    listed = pa.array([[[(1.5, "x")], None], None], pa.list_(pa.map_(pa.float64(), pa.string())))
+    assert json_text(listed).to_pylist() == ['[{"1.5":"x"},null]', None]
+
+
+def test_sliced_nested_values_with_nulls_encode() -> None:
+    # Increments cut their batches from one table: slices with an offset and a null bitmap.
+    blobs = pa.array([[b"a"], None, [b"c"]], pa.list_(pa.binary()))
+    assert json_text(blobs.slice(1)).to_pylist() == [None, '["Yw=="]']
+    maps = pa.array([[("k", b"a")], None, [("j", b"c")]], pa.map_(pa.string(), pa.binary()))
+    assert json_text(maps.slice(1)).to_pylist() == [None, '{"j":"Yw=="}']
+
+
+def test_system_column_names_are_refused_for_every_writer() -> None:
+    # pg_columns serves the syncs and the Postgres IO manager alike
+    with pytest.raises(SpecError, match=r"'x': column 'ctid' has the name of a Postgres system"):
+        pg_columns(pa.schema([("id", pa.int64()), ("ctid", pa.string())]), table="x")
+    assert [c.name for c in pg_columns(pa.schema([("CTID", pa.string())]), table="x")] == ["CTID"]

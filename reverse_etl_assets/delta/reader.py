@@ -140,6 +140,29 @@ def read_batches(
         ) from exc
 
 
+def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> pa.Table:
+    """The pinned version's rows whose key columns take the values in `keys` (column by column:
+    a superset of the exact composite keys, which the caller narrows). Files whose statistics
+    exclude the values are skipped; the rest are scanned."""
+    dataset: pads.Dataset = snapshot.table.to_pyarrow_dataset()
+    condition: pads.Expression | None = None
+    for name in keys.column_names:
+        wanted = pc.unique(keys.column(name).combine_chunks())
+        field_type = dataset.schema.field(name).type
+        test = pc.field(name).isin(wanted.cast(field_type))
+        condition = test if condition is None else condition & test
+    try:
+        found = dataset.to_table(filter=condition, columns=snapshot.schema.names)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(
+            f"reading Delta table {snapshot.uri} at version {snapshot.version} failed: {exc}. "
+            "If its files were vacuumed or rewritten, sync again to read the latest version"
+        ) from exc
+    return pa.Table.from_batches(
+        [_conform(b, snapshot.schema, {}) for b in found.to_batches()], schema=snapshot.schema
+    )
+
+
 def _conform(
     batch: pa.RecordBatch, schema: pa.Schema, partition: dict[str, object]
 ) -> pa.RecordBatch:

@@ -29,8 +29,22 @@ class PgColumn:
     nullable: bool = True
 
 
+# Every Postgres table has these hidden columns; a column of the same name cannot be created.
+# Names are compared exactly: quoted identifiers are case-sensitive, so "XMIN" is an ordinary
+# column.
+SYSTEM_COLUMNS = ("tableoid", "xmin", "cmin", "xmax", "cmax", "ctid")
+
+
 def pg_columns(schema: pa.Schema, *, table: str) -> tuple[PgColumn, ...]:
-    """Map every field of `schema`; an unsupported type is a SpecError naming table and column."""
+    """Map every field of `schema`; an unsupported type or a system column name is a SpecError
+    naming table and column."""
+    for name in schema.names:
+        if name in SYSTEM_COLUMNS:
+            raise SpecError(
+                f"synced table {table!r}: column {name!r} has the name of a Postgres system "
+                f"column ({', '.join(SYSTEM_COLUMNS)}), which no table can have. Rename it in "
+                "the source (or a view of it) and sync again"
+            )
     return tuple(_pg_column(field, table) for field in schema)
 
 
@@ -142,8 +156,12 @@ def _jsonable(array: pa.Array) -> pa.Array:
             fields=[pa.field(t.field(i).name, c.type) for i, c in enumerate(children)],
             mask=array.is_null(),
         )
+    if (pa.types.is_map(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) and array.offset:
+        # Rebuilding from offsets refuses a slice with nulls (a batch cut from a larger table):
+        # copy it to offset 0 first.
+        array = pa.concat_arrays([array])
     if pa.types.is_map(t):
-        keys, items = _jsonable(array.keys), _jsonable(array.items)
+        keys, items = _key_text(array.keys), _jsonable(array.items)
         if keys.type == t.key_type and items.type == t.item_type:
             return array
         return pa.MapArray.from_arrays(array.offsets, keys, items, mask=array.is_null())
@@ -161,3 +179,18 @@ def _jsonable(array: pa.Array) -> pa.Array:
     ):
         return pl.Series(array.cast(pa.large_binary())).bin.encode("base64").to_arrow()
     return array
+
+
+def _key_text(keys: pa.Array) -> pa.Array:
+    """MAP keys as JSON object keys, which are strings: a non-string key becomes the text of its
+    JSON value (1 -> "1", true -> "true", a date -> "2024-01-31", binary -> base64), a nested
+    key its JSON text."""
+    t = keys.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return keys
+    text = json_text(keys)
+    if pa.types.is_nested(t):
+        return text
+    # A scalar's JSON is a number, true/false, or a quoted string without escapes (dates,
+    # timestamps, decimals, base64): drop the quotes.
+    return pl.Series(text).str.strip_prefix('"').str.strip_suffix('"').to_arrow()

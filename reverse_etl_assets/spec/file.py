@@ -17,7 +17,7 @@ from reverse_etl_assets.spec.lakehouse_syncs import (
     check_locations,
     parse_lakehouse_sync,
 )
-from reverse_etl_assets.spec.synced_tables import SyncedTable, parse_synced_table
+from reverse_etl_assets.spec.synced_tables import SyncedTable, check_targets, parse_synced_table
 
 TOP_KEYS = frozenset({"lake_root", "synced_tables", "lakehouse_syncs"})
 
@@ -90,6 +90,7 @@ def parse_spec(raw: Any, *, path: Path) -> Spec:
         if name.lower() in seen:
             raise SpecError(f"{path}: the name {name!r} is declared twice; names must be unique")
         seen.add(name.lower())
+    check_targets(tables, path)
     check_locations(syncs, path)
     return Spec(path=path, lake_root=lake_root, synced_tables=tables, lakehouse_syncs=syncs)
 

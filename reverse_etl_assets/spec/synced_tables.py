@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.postgres import names
+from reverse_etl_assets.postgres.state import STATE_SCHEMA
 from reverse_etl_assets.spec.fields import (
     NAME_PART,
     check_cron,
@@ -81,6 +83,32 @@ class SyncedTable:
         return self.name.split(".")
 
 
+def check_targets(tables: tuple[SyncedTable, ...], path: Path) -> None:
+    """Each synced table lands in a Postgres table of its own, and none lands on a table another
+    one builds or retires during its swap: two names for one table would overwrite each other
+    (and their locks, taken by name, would not exclude each other)."""
+    owners: dict[tuple[str, str], SyncedTable] = {}
+    for table in tables:
+        target = (table.pg_schema, table.pg_table)
+        other = owners.get(target)
+        if other is not None:
+            raise SpecError(
+                f"{path}: synced tables {other.name!r} and {table.name!r} both land in the "
+                f'Postgres table "{table.pg_schema}"."{table.pg_table}" (the catalog part is '
+                "not part of the Postgres name); rename one of them"
+            )
+        owners[target] = table
+    for table in tables:
+        for derived in (names.staging_table(table.pg_table), names.retired_table(table.pg_table)):
+            other = owners.get((table.pg_schema, derived))
+            if other is not None:
+                raise SpecError(
+                    f"{path}: synced table {other.name!r} lands in "
+                    f'"{other.pg_schema}"."{other.pg_table}", the name synced table '
+                    f"{table.name!r} uses for its table during a full refresh; rename one of them"
+                )
+
+
 def resolve_source(source: str, *, lake_root: str, base_dir: Path) -> str:
     """A source as written in the spec -> the URI or absolute path delta-rs opens."""
     if "://" in source:
@@ -115,6 +143,12 @@ def parse_synced_table(entry: Any, index: int, *, lake_root: str, path: Path) ->
     unknown = sorted(set(entry) - TABLE_KEYS)
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(TABLE_KEYS)}")
+    if name.split(".")[1] == STATE_SCHEMA:
+        raise SpecError(
+            f"{where}: `name` puts the table in schema {STATE_SCHEMA!r}, where the pipeline keeps "
+            f"its own state (reverse_etl.synced_tables); choose another schema (the name's "
+            "second part)"
+        )
 
     source = entry.get("source")
     if not isinstance(source, str) or not source.strip():

@@ -10,7 +10,7 @@ import time
 
 from reverse_etl_assets.delta.change_feed import read_changes
 from reverse_etl_assets.delta.log import RangeUnavailable, read_commits
-from reverse_etl_assets.delta.reader import SourceSnapshot, open_source
+from reverse_etl_assets.delta.reader import SourceSnapshot, open_source, read_rows_with_keys
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_source
@@ -19,9 +19,9 @@ from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapsho
 from reverse_etl_assets.postgres import apply, catalog, protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import TableState
-from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns, to_wire
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.transform.changes import NetChanges, net_changes
+from reverse_etl_assets.transform.changes import NetChanges, net_changes, resolve_latest
 from reverse_etl_assets.transform.cleaning import BatchPreparer
 
 
@@ -68,7 +68,21 @@ def sync_incremental(
     if net.count and net.count > table.full_refresh_threshold * rows:
         share = f"{net.count:,} changed keys > {table.full_refresh_threshold:.0%} of {rows:,} rows"
         return full_refresh(f"{share}, a snapshot is cheaper")
-    new_rows = _apply(table, dsn, source, columns, net, stored)
+    if net.unresolved is not None:
+        assert table.timeseries_key is not None
+        # The range removed rows of a timeseries table: a key may fall back to an older row the
+        # feed does not carry. Its remaining rows are read from the source at V (only the
+        # touched keys; file statistics skip the rest), which writes only those keys; a snapshot
+        # swap would rewrite the whole table and its indexes for the same answer.
+        net = resolve_latest(
+            net,
+            read_rows_with_keys(source, net.unresolved),
+            key=table.primary_key,
+            timeseries_key=table.timeseries_key,
+            table=table.name,
+        )
+    skipped_null_keys = max(stored.skipped_null_keys + net.null_key_rows, 0)
+    new_rows = _apply(table, dsn, source, columns, net, stored, skipped_null_keys)
     return SyncResult(
         name=table.name,
         mode=table.mode,
@@ -76,7 +90,7 @@ def sync_incremental(
         version=source.version,
         rows=new_rows,
         changes=net.count,
-        skipped_null_keys=net.skipped_null_keys,
+        skipped_null_keys=skipped_null_keys,
         seconds=time.monotonic() - started,
     )
 
@@ -103,13 +117,20 @@ def _apply(
     columns: tuple[PgColumn, ...],
     net: NetChanges,
     stored: TableState,
+    skipped_null_keys: int,
 ) -> int:
     preparer = BatchPreparer(
         columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
     )
     upserts = preparer.stream(net.upserts.to_batches(max_chunksize=65_536))
-    keys = key_columns(columns, table.primary_key)
-    deletes = (to_wire(b, keys) for b in net.deletes.to_batches(max_chunksize=65_536))
+    # Delete keys follow the same rules as every value that reaches Postgres (NUL bytes).
+    key_preparer = BatchPreparer(
+        key_columns(columns, table.primary_key),
+        key=table.primary_key,
+        policy=table.on_invalid_characters,
+        table=table.name,
+    )
+    deletes = key_preparer.stream(net.deletes.to_batches(max_chunksize=65_536))
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
         protection.allow_pipeline_writes(conn)
@@ -126,7 +147,8 @@ def _apply(
             key=table.primary_key,
             upserts=upserts,
             deletes=deletes,
-            timeseries_key=table.timeseries_key,
+            # Only appends compare timestamps; resolved keys are the source's latest row as is.
+            timeseries_key=table.timeseries_key if net.newer_only else None,
         )
         rows = (stored.rows or 0) + applied.inserted - applied.deleted
         state.save_checkpoint(
@@ -135,7 +157,7 @@ def _apply(
             table_id=source.table_id,
             version=source.version,
             rows=rows,
-            skipped_null_keys=stored.skipped_null_keys + net.skipped_null_keys,
+            skipped_null_keys=skipped_null_keys,
             state=states.ONLINE_NO_PENDING_UPDATE,
             expected_version=stored.last_synced_version,
         )
@@ -190,6 +212,6 @@ def _nothing_to_do(table: SyncedTable, dsn: str, stored: TableState, started: fl
         path="none",
         version=stored.last_synced_version or 0,
         rows=stored.rows or 0,
-        skipped_null_keys=0,
+        skipped_null_keys=stored.skipped_null_keys,
         seconds=time.monotonic() - started,
     )
