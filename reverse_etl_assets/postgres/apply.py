@@ -13,7 +13,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from reverse_etl_assets.postgres import binary_copy, ddl
+from reverse_etl_assets.postgres import binary_copy, ddl, protection
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
 
 STAGE_UPSERTS = "_retl_upserts"
@@ -51,6 +51,7 @@ def apply_changes(
     timeseries_key: str | None,
 ) -> Applied:
     """Stage and apply; the caller's transaction makes it atomic with the checkpoint."""
+    protection.refuse_foreign_triggers(conn, schema=schema, table=table, label=f"{schema}.{table}")
     deleted = 0
     if _stage(conn, STAGE_DELETES, key_columns(columns, key), deletes):
         deleted = conn.execute(delete_statement(schema, table, key)).rowcount

@@ -87,6 +87,17 @@ def trigger_enabled(conn: psycopg.Connection, schema: str, table: str, trigger: 
     return None if row is None else str(row[0])
 
 
+def user_triggers(conn: psycopg.Connection, oid: int) -> list[tuple[str, str]]:
+    """(trigger name, owner of its function) of every non-internal trigger on table `oid`."""
+    rows = conn.execute(
+        "SELECT t.tgname, pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_trigger t "
+        "JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid "
+        "WHERE t.tgrelid = %s AND NOT t.tgisinternal ORDER BY t.tgname",
+        (oid,),
+    ).fetchall()
+    return [(str(name), str(owner)) for name, owner in rows]
+
+
 def missing_roles(conn: psycopg.Connection, roles: list[str] | tuple[str, ...]) -> list[str]:
     """The roles of `roles` that do not exist on the server, in the order given."""
     if not roles:
