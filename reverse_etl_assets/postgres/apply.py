@@ -6,18 +6,24 @@ USING, one INSERT ... ON CONFLICT DO UPDATE that skips rows that did not change.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg
 import pyarrow as pa
-from psycopg import sql
+from psycopg import errors, sql
 
+from reverse_etl_assets.errors import TransientError
 from reverse_etl_assets.postgres import binary_copy, ddl, protection
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
 
 STAGE_UPSERTS = "_retl_upserts"
 STAGE_DELETES = "_retl_deletes"
+# How long one try of ALTER TABLE waits for its lock; readers that arrive meanwhile queue behind
+# it at most this long.
+LOCK_TIMEOUT = "1s"
+ADD_COLUMN_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,13 +36,45 @@ class Applied:
 
 
 def add_columns(conn: psycopg.Connection, schema: str, table: str, columns: list[PgColumn]) -> None:
-    """ALTER TABLE ... ADD COLUMN for columns the source gained (NULL in existing rows)."""
-    for column in columns:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                ddl.qualified(schema, table), sql.Identifier(column.name), sql.SQL(column.ddl)
-            )
-        )
+    """ALTER TABLE ... ADD COLUMN for columns the source gained (NULL in existing rows).
+
+    ALTER TABLE needs an ACCESS EXCLUSIVE lock: waiting for it behind a reader's open transaction
+    would queue every new reader behind the wait. So each try waits at most LOCK_TIMEOUT, in a
+    savepoint of the caller's transaction, and backs off before the next; when a reader keeps the
+    table the whole time, a TransientError (nothing changed, retry later).
+    """
+    if not columns:
+        return
+    previous = conn.execute("SELECT pg_catalog.current_setting('lock_timeout')").fetchone()
+    assert previous is not None
+    for attempt in range(1, ADD_COLUMN_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
+                )
+                for column in columns:
+                    conn.execute(add_column_statement(schema, table, column))
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(previous[0]))
+                )
+            return
+        except errors.LockNotAvailable as exc:
+            if attempt == ADD_COLUMN_ATTEMPTS:
+                raise TransientError(
+                    f"cannot add column(s) {[c.name for c in columns]} to {schema}.{table}: a "
+                    f"reader holds the table (a long transaction on it), {attempt} tries of "
+                    f"{LOCK_TIMEOUT} each; readers were not kept waiting. Nothing was changed; "
+                    "the next sync tries again"
+                ) from exc
+            time.sleep(min(0.2 * 2**attempt, 5.0))
+
+
+def add_column_statement(schema: str, table: str, column: PgColumn) -> sql.Composed:
+    """ALTER TABLE ... ADD COLUMN of one column."""
+    return sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+        ddl.qualified(schema, table), sql.Identifier(column.name), sql.SQL(column.ddl)
+    )
 
 
 def apply_changes(
