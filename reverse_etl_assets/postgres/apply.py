@@ -135,6 +135,16 @@ def _stage(
     return staged
 
 
+def delete_missing_statement(
+    schema: str, table: str, source: sql.Composable, key: tuple[str, ...]
+) -> sql.Composed:
+    """DELETE the table's rows whose key is not in `source` (an in-place refresh)."""
+    match = sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in key)
+    return sql.SQL(
+        "DELETE FROM {t} AS t WHERE NOT EXISTS (SELECT 1 FROM {s} AS s WHERE {m})"
+    ).format(t=ddl.qualified(schema, table), s=source, m=match)
+
+
 def delete_statement(schema: str, table: str, key: tuple[str, ...]) -> sql.Composed:
     """DELETE the staged keys from the table."""
     match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
@@ -149,15 +159,19 @@ def upsert_statement(
     columns: tuple[str, ...],
     key: tuple[str, ...],
     timeseries_key: str | None,
+    *,
+    source: sql.Composable | None = None,
 ) -> sql.Composed:
-    """INSERT the staged rows; on a key conflict update only rows whose values changed (and,
-    with a timeseries_key, only with a row at least as recent)."""
+    """INSERT the staged rows (of `source`, by default the upserts stage); on a key conflict
+    update only rows whose values changed (and, with a timeseries_key, only with a row at least
+    as recent)."""
+    staged = sql.Identifier(STAGE_UPSERTS) if source is None else source
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     values = [c for c in columns if c not in key]
     if not values:
         return sql.SQL(
             "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {s} ON CONFLICT DO NOTHING"
-        ).format(t=ddl.qualified(schema, table), cols=cols, s=sql.Identifier(STAGE_UPSERTS))
+        ).format(t=ddl.qualified(schema, table), cols=cols, s=staged)
     assignments = sql.SQL(", ").join(
         sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in values
     )
@@ -174,7 +188,7 @@ def upsert_statement(
     ).format(
         t=ddl.qualified(schema, table),
         cols=cols,
-        s=sql.Identifier(STAGE_UPSERTS),
+        s=staged,
         key=sql.SQL(", ").join(sql.Identifier(k) for k in key),
         assignments=assignments,
         changed=changed,

@@ -74,7 +74,13 @@ def protect_table(conn: psycopg.Connection, *, schema: str, table: str, source: 
     oid = catalog.table_oid(conn, schema, table)
     assert oid is not None, f"{schema}.{table} must exist before it is protected"
     grantees = sorted({role for role, _ in catalog.table_grants(conn, oid) if role is not None})
-    for statement in protect_statements(target, writer=row[0], source=source, grantees=grantees):
+    statements = protect_statements(target, writer=row[0], source=source, grantees=grantees)
+    current = catalog.trigger_arguments(conn, schema, table, GUARD_TRIGGER)
+    if current == ("A", f"{STATE_SCHEMA}.{GUARD_FUNCTION}", [row[0], source]):
+        # Already guarded as asked: dropping the trigger would take an ACCESS EXCLUSIVE lock
+        # (readers would wait) for nothing. Only the privileges are taken again.
+        statements = statements[3:]
+    for statement in statements:
         conn.execute(statement)
 
 
