@@ -24,7 +24,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import errors, sql
-from psycopg.conninfo import conninfo_to_dict
+
+from reverse_etl_assets.postgres.connect import parse_dsn
 
 INSTALL_HINT = (
     "install them with `sudo apt-get install -y postgresql` (Debian/Ubuntu) "
@@ -160,7 +161,7 @@ def stop(data_dir: Path) -> None:
 
 def dagster_env(dsn: str) -> dict[str, str]:
     """Return the DAGSTER_PG_* variables dagster.yaml reads; create database `dagster` first."""
-    params = conninfo_to_dict(dsn)
+    params = parse_dsn(dsn, where="the Dagster storage DSN")
     with psycopg.connect(dsn, autocommit=True) as conn:
         found = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_DATABASE,)

@@ -6,18 +6,24 @@ USING, one INSERT ... ON CONFLICT DO UPDATE that skips rows that did not change.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg
 import pyarrow as pa
-from psycopg import sql
+from psycopg import errors, sql
 
-from reverse_etl_assets.postgres import binary_copy, ddl
+from reverse_etl_assets.errors import TransientError
+from reverse_etl_assets.postgres import binary_copy, ddl, protection
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
 
 STAGE_UPSERTS = "_retl_upserts"
 STAGE_DELETES = "_retl_deletes"
+# How long one try of ALTER TABLE waits for its lock; readers that arrive meanwhile queue behind
+# it at most this long.
+LOCK_TIMEOUT = "1s"
+ADD_COLUMN_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,13 +36,45 @@ class Applied:
 
 
 def add_columns(conn: psycopg.Connection, schema: str, table: str, columns: list[PgColumn]) -> None:
-    """ALTER TABLE ... ADD COLUMN for columns the source gained (NULL in existing rows)."""
-    for column in columns:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                ddl.qualified(schema, table), sql.Identifier(column.name), sql.SQL(column.ddl)
-            )
-        )
+    """ALTER TABLE ... ADD COLUMN for columns the source gained (NULL in existing rows).
+
+    ALTER TABLE needs an ACCESS EXCLUSIVE lock: waiting for it behind a reader's open transaction
+    would queue every new reader behind the wait. So each try waits at most LOCK_TIMEOUT, in a
+    savepoint of the caller's transaction, and backs off before the next; when a reader keeps the
+    table the whole time, a TransientError (nothing changed, retry later).
+    """
+    if not columns:
+        return
+    previous = conn.execute("SELECT pg_catalog.current_setting('lock_timeout')").fetchone()
+    assert previous is not None
+    for attempt in range(1, ADD_COLUMN_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
+                )
+                for column in columns:
+                    conn.execute(add_column_statement(schema, table, column))
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(previous[0]))
+                )
+            return
+        except errors.LockNotAvailable as exc:
+            if attempt == ADD_COLUMN_ATTEMPTS:
+                raise TransientError(
+                    f"cannot add column(s) {[c.name for c in columns]} to {schema}.{table}: a "
+                    f"reader holds the table (a long transaction on it), {attempt} tries of "
+                    f"{LOCK_TIMEOUT} each; readers were not kept waiting. Nothing was changed; "
+                    "the next sync tries again"
+                ) from exc
+            time.sleep(min(0.2 * 2**attempt, 5.0))
+
+
+def add_column_statement(schema: str, table: str, column: PgColumn) -> sql.Composed:
+    """ALTER TABLE ... ADD COLUMN of one column."""
+    return sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+        ddl.qualified(schema, table), sql.Identifier(column.name), sql.SQL(column.ddl)
+    )
 
 
 def apply_changes(
@@ -51,6 +89,7 @@ def apply_changes(
     timeseries_key: str | None,
 ) -> Applied:
     """Stage and apply; the caller's transaction makes it atomic with the checkpoint."""
+    protection.refuse_foreign_triggers(conn, schema=schema, table=table, label=f"{schema}.{table}")
     deleted = 0
     if _stage(conn, STAGE_DELETES, key_columns(columns, key), deletes):
         deleted = conn.execute(delete_statement(schema, table, key)).rowcount
@@ -96,6 +135,16 @@ def _stage(
     return staged
 
 
+def delete_missing_statement(
+    schema: str, table: str, source: sql.Composable, key: tuple[str, ...]
+) -> sql.Composed:
+    """DELETE the table's rows whose key is not in `source` (an in-place refresh)."""
+    match = sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in key)
+    return sql.SQL(
+        "DELETE FROM {t} AS t WHERE NOT EXISTS (SELECT 1 FROM {s} AS s WHERE {m})"
+    ).format(t=ddl.qualified(schema, table), s=source, m=match)
+
+
 def delete_statement(schema: str, table: str, key: tuple[str, ...]) -> sql.Composed:
     """DELETE the staged keys from the table."""
     match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
@@ -110,15 +159,19 @@ def upsert_statement(
     columns: tuple[str, ...],
     key: tuple[str, ...],
     timeseries_key: str | None,
+    *,
+    source: sql.Composable | None = None,
 ) -> sql.Composed:
-    """INSERT the staged rows; on a key conflict update only rows whose values changed (and,
-    with a timeseries_key, only with a row at least as recent)."""
+    """INSERT the staged rows (of `source`, by default the upserts stage); on a key conflict
+    update only rows whose values changed (and, with a timeseries_key, only with a row at least
+    as recent)."""
+    staged = sql.Identifier(STAGE_UPSERTS) if source is None else source
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     values = [c for c in columns if c not in key]
     if not values:
         return sql.SQL(
             "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {s} ON CONFLICT DO NOTHING"
-        ).format(t=ddl.qualified(schema, table), cols=cols, s=sql.Identifier(STAGE_UPSERTS))
+        ).format(t=ddl.qualified(schema, table), cols=cols, s=staged)
     assignments = sql.SQL(", ").join(
         sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in values
     )
@@ -135,7 +188,7 @@ def upsert_statement(
     ).format(
         t=ddl.qualified(schema, table),
         cols=cols,
-        s=sql.Identifier(STAGE_UPSERTS),
+        s=staged,
         key=sql.SQL(", ").join(sql.Identifier(k) for k in key),
         assignments=assignments,
         changed=changed,

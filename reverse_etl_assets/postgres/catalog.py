@@ -87,6 +87,49 @@ def trigger_enabled(conn: psycopg.Connection, schema: str, table: str, trigger: 
     return None if row is None else str(row[0])
 
 
+def primary_key_columns(conn: psycopg.Connection, oid: int) -> tuple[str, ...]:
+    """The columns of table `oid`'s primary key, in key order (empty when it has none)."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_catalog.pg_index x "
+        "CROSS JOIN LATERAL pg_catalog.unnest(x.indkey) WITH ORDINALITY AS k(attnum, pos) "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
+        "WHERE x.indrelid = %s AND x.indisprimary ORDER BY k.pos",
+        (oid,),
+    ).fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def trigger_arguments(
+    conn: psycopg.Connection, schema: str, table: str, trigger: str
+) -> tuple[str, str, list[str]] | None:
+    """(tgenabled, schema.function, arguments) of `trigger` on the table, or None."""
+    row = conn.execute(
+        "SELECT t.tgenabled, fn.nspname || '.' || f.proname, t.tgargs "
+        "FROM pg_catalog.pg_trigger t "
+        "JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid "
+        "JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace "
+        "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND t.tgname = %s",
+        (schema, table, trigger),
+    ).fetchone()
+    if row is None:
+        return None
+    raw = bytes(row[2]).decode()
+    return str(row[0]), str(row[1]), raw.split("\x00")[:-1] if raw else []
+
+
+def user_triggers(conn: psycopg.Connection, oid: int) -> list[tuple[str, str]]:
+    """(trigger name, owner of its function) of every non-internal trigger on table `oid`."""
+    rows = conn.execute(
+        "SELECT t.tgname, pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_trigger t "
+        "JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid "
+        "WHERE t.tgrelid = %s AND NOT t.tgisinternal ORDER BY t.tgname",
+        (oid,),
+    ).fetchall()
+    return [(str(name), str(owner)) for name, owner in rows]
+
+
 def missing_roles(conn: psycopg.Connection, roles: list[str] | tuple[str, ...]) -> list[str]:
     """The roles of `roles` that do not exist on the server, in the order given."""
     if not roles:

@@ -5,6 +5,7 @@ A DSN is parsed here once: a malformed one is a ConfigError whose message never 
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 import psycopg
@@ -62,10 +63,17 @@ def redact(text: str, dsn: str) -> str:
     return text
 
 
+_KEYWORD_PASSWORD = re.compile(r"""password\s*=\s*('((?:[^'\\]|\\.)*)'?|\S+)""")
+
+
 def _raw_password(dsn: str) -> str | None:
-    """The password as written in a URI's userinfo, even when the URI does not parse."""
+    """The password as written in a URI's userinfo or a key=value string's `password=`, even
+    when the DSN does not parse."""
     if "://" not in dsn:
-        return None
+        found = _KEYWORD_PASSWORD.search(dsn)
+        if found is None:
+            return None
+        return (found.group(2) if found.group(2) is not None else found.group(1)) or None
     userinfo = dsn.split("://", 1)[1].rsplit("@", 1)
     if len(userinfo) != 2 or ":" not in userinfo[0]:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from reverse_etl_assets.errors import ConfigError
 from reverse_etl_assets.postgres import catalog, ddl
 from reverse_etl_assets.postgres.state import STATE_SCHEMA
 
@@ -18,19 +19,31 @@ GUARD_TRIGGER = "reverse_etl_read_only"
 WRITER_SETTING = "reverse_etl.writer"
 WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
+# Hardened like a SECURITY DEFINER function although it is not one: the search_path is fixed on
+# the function (a caller's `SET search_path = own, pg_catalog` cannot bring in its own `=`), and
+# every operator and function is schema-qualified anyway. The proof of being the pipeline is the
+# identity of the session: both session_user (which an ordinary role cannot change) and
+# current_user (SET ROLE, SECURITY DEFINER functions) must be the role recorded when the table was
+# protected. The transaction-local setting only marks a pipeline transaction, so that the
+# pipeline's own role typing SQL by hand is refused too; on its own it proves nothing.
 _FUNCTION = sql.SQL(
     """
-    CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $guard$
+    CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $guard$
     BEGIN
-        IF current_user = TG_ARGV[0]
-           AND coalesce(current_setting({setting}, true), '') = 'on' THEN
+        IF CAST(session_user AS pg_catalog.text) OPERATOR(pg_catalog.=) TG_ARGV[0]
+           AND CAST(current_user AS pg_catalog.text) OPERATOR(pg_catalog.=) TG_ARGV[0]
+           AND COALESCE(pg_catalog.current_setting({setting}, true), '')
+               OPERATOR(pg_catalog.=) 'on' THEN
             RETURN NULL;
         END IF;
         RAISE EXCEPTION 'table %.% is a synced table, written only by the reverse_etl pipeline',
             TG_TABLE_SCHEMA, TG_TABLE_NAME
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = format('It is kept equal to the Delta table %s; %s by role %s '
-                                  'is refused.', TG_ARGV[1], TG_OP, current_user),
+                  DETAIL = pg_catalog.format(
+                      'It is kept equal to the Delta table %s; %s by role %s is refused.',
+                      TG_ARGV[1], TG_OP, current_user),
                   HINT = 'Change the data in Delta and sync again. To add columns of your own, '
                          'create a separate table keyed by the same primary key and join it at '
                          'query time.';
@@ -61,7 +74,13 @@ def protect_table(conn: psycopg.Connection, *, schema: str, table: str, source: 
     oid = catalog.table_oid(conn, schema, table)
     assert oid is not None, f"{schema}.{table} must exist before it is protected"
     grantees = sorted({role for role, _ in catalog.table_grants(conn, oid) if role is not None})
-    for statement in protect_statements(target, writer=row[0], source=source, grantees=grantees):
+    statements = protect_statements(target, writer=row[0], source=source, grantees=grantees)
+    current = catalog.trigger_arguments(conn, schema, table, GUARD_TRIGGER)
+    if current == ("A", f"{STATE_SCHEMA}.{GUARD_FUNCTION}", [row[0], source]):
+        # Already guarded as asked: dropping the trigger would take an ACCESS EXCLUSIVE lock
+        # (readers would wait) for nothing. Only the privileges are taken again.
+        statements = statements[3:]
+    for statement in statements:
         conn.execute(statement)
 
 
@@ -97,4 +116,25 @@ def protect_statements(
 
 def allow_pipeline_writes(conn: psycopg.Connection) -> None:
     """Mark the current transaction as the pipeline's (the guard lets its writes through)."""
-    conn.execute("SELECT set_config(%s, 'on', true)", (WRITER_SETTING,))
+    conn.execute("SELECT pg_catalog.set_config(%s, 'on', true)", (WRITER_SETTING,))
+
+
+def refuse_foreign_triggers(
+    conn: psycopg.Connection, *, schema: str, table: str, label: str
+) -> None:
+    """Stop before writing when the table carries a trigger the pipeline did not create.
+
+    A role holding the TRIGGER privilege (a hand-made GRANT ALL) could attach one; it would run
+    with the pipeline's identity inside a pipeline transaction, i.e. past the guard.
+    """
+    oid = catalog.table_oid(conn, schema, table)
+    if oid is None:
+        return
+    foreign = [name for name, _ in catalog.user_triggers(conn, oid) if name != GUARD_TRIGGER]
+    if foreign:
+        raise ConfigError(
+            f"synced table {label!r}: {schema}.{table} carries trigger(s) {foreign} that the "
+            "pipeline did not create; they would run with the pipeline's rights on every sync. "
+            "Nothing was written. Drop them (and the TRIGGER privilege that allowed them), then "
+            "sync again"
+        )

@@ -72,6 +72,10 @@ def replace_table(
                 index_renames=index_renames,
                 readers=target.readers,
                 label=target.label,
+                primary_key=target.primary_key,
+                indexes=tuple(
+                    (names.index_name(target.table, columns), columns) for columns in target.indexes
+                ),
             )
             control.autocommit = False
             swap_in(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psycopg
 import pyarrow.fs as pafs
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from reverse_etl_assets.delta.log import commit_exists, open_log
 from reverse_etl_assets.errors import ReverseEtlError, SpecError, TransientError
@@ -25,7 +25,7 @@ from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_reade
 from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_locked
 from reverse_etl_assets.postgres import protection, state
-from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.connect import connect, parse_dsn
 from reverse_etl_assets.postgres.locks import lock_holders, try_lock_table, unlock_table
 from reverse_etl_assets.runtime.loop import run_worker
 from reverse_etl_assets.spec import SyncedTable
@@ -72,7 +72,7 @@ def follower_timeout(table: SyncedTable) -> float:
 
 def follower_dsn(dsn: str, *, application_name: str) -> str:
     """`dsn` with the follower's session name and network timeouts (the DSN's own settings win)."""
-    given = conninfo_to_dict(dsn)
+    given = parse_dsn(dsn)  # a malformed DSN: a ConfigError that does not quote it
     extra = {k: v for k, v in CONNECTION_OPTIONS.items() if k not in given}
     return make_conninfo(dsn, application_name=application_name, **extra)
 
