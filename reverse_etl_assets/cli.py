@@ -70,7 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _explain(failure: ReverseEtlError) -> str:
     """The failure's message, with whether a retry can help, and no password in it."""
     retry = "" if failure.terminal else " (transient: a retry may succeed)"
-    return redact(f"{failure}{retry}", os.environ.get(settings.ENV_PG_DSN, ""))
+    text = f"{failure}{retry}"
+    # REVERSE_ETL_PG_DSN, and any other DSN in the environment (a `source_dsn_env` of the spec).
+    for value in os.environ.values():
+        if "://" in value or "password" in value:
+            text = redact(text, value)
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -228,3 +228,14 @@ def test_follower_rides_out_a_dropped_connection_and_fails_clearly_on_a_dropped_
     status = json.loads(run(env, "status", "app", "--json").stdout)[0]
     assert status["detailed_state"] == "LAKEHOUSE_SYNC_ONLINE_PIPELINE_FAILED"
     assert "--full-refresh" in status["message"]
+
+
+def test_a_malformed_source_dsn_never_shows_its_password(pg_dsn: str, tmp_path: Path) -> None:
+    env = env_for(tmp_path, pg_dsn, source_dsn_env="APP_PG_DSN")
+    env["APP_PG_DSN"] = "postgresql://app:Zq9%Kp!Sekret@127.0.0.1/app"
+    for command in (["sync", "app"], ["status", "app"], ["verify", "app"], ["validate"]):
+        result = run(env, *command)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert "Sekret" not in output and "Traceback" not in output
+        assert "APP_PG_DSN" in output

@@ -6,8 +6,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import psycopg
-
 from reverse_etl_assets.errors import ConfigError
 from reverse_etl_assets.pipelines.postgres_to_delta.run import source_dsn
 from reverse_etl_assets.postgres.connect import connect
@@ -19,7 +17,7 @@ from reverse_etl_assets.spec import LakehouseSync
 def delete_lakehouse(sync: LakehouseSync, dsn: str, *, drop_tables: bool = False) -> str:
     """Stop `sync`: the slot (so the server keeps no WAL for it) and publication are dropped."""
     source = source_dsn(sync, dsn)
-    with psycopg.connect(source, autocommit=True) as conn:
+    with connect(source, autocommit=True) as conn:
         tables = sorted({t for t in slots.published_tables(conn, sync.publication)})
         had_slot = slots.slot_info(conn, sync.slot) is not None
         if had_slot:

@@ -20,7 +20,7 @@ from reverse_etl_assets.pipelines.postgres_to_delta import states
 from reverse_etl_assets.pipelines.postgres_to_delta.preflight import check_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.snapshot import resolve_tables, take_snapshot
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream, Flushed, app_id
-from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.connect import connect, parse_dsn
 from reverse_etl_assets.postgres.lakehouse_state import (
     ensure_lakehouse_table,
     read_lakehouse_state,
@@ -76,6 +76,7 @@ def source_dsn(sync: LakehouseSync, pipeline_dsn: str) -> str:
             f"lakehouse sync {sync.name!r}: `source_dsn_env` names {sync.source_dsn_env}, which "
             "is not set; export it with the source database's DSN"
         )
+    parse_dsn(dsn, where=sync.source_dsn_env)  # a malformed DSN: a message without the password
     return dsn
 
 
@@ -171,7 +172,7 @@ def _locations(sync: LakehouseSync, tables: list[slots.TableInfo]) -> list[str]:
 
 def drain(sync: LakehouseSync, source: str, *, failed: dict[str, str]) -> Flushed:
     """Land every change committed before now, acknowledge it, and stop."""
-    with psycopg.connect(source, autocommit=True) as conn:
+    with connect(source, autocommit=True) as conn:
         info = slots.slot_info(conn, sync.slot)
     if info is None:
         raise SlotLost(f"lakehouse sync {sync.name!r}: replication slot {sync.slot} is missing")

@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 from reverse_etl_assets.delta import writer
 from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import app_id
+from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.replication import slot as slots
 from reverse_etl_assets.postgres.replication.snapshot_copy import copy_batches, table_partitions
 from reverse_etl_assets.schema.postgres_to_delta import arrow_schema
@@ -67,7 +68,7 @@ def take_snapshot(
 ) -> tuple[int, dict[str, int]]:
     """Create publication and slot, land every table; the slot's consistent point and the rows
     copied per table. An existing slot or publication of the same name is replaced."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with connect(dsn, autocommit=True) as conn:
         if slots.slot_info(conn, sync.slot) is not None:
             slots.drop_slot(conn, sync.slot)
         slots.drop_publication(conn, sync.publication)
@@ -150,7 +151,7 @@ def _parallel_batches(
     dsn: str, snapshot_name: str, info: slots.TableInfo
 ) -> Iterator[pa.RecordBatch]:
     """The table's rows, read over TID ranges by several connections at once."""
-    with psycopg.connect(dsn) as conn:
+    with connect(dsn) as conn:
         parts = table_partitions(conn, info.schema, info.table, parts=COPY_CONNECTIONS)
     done = object()
     results: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_BATCHES)

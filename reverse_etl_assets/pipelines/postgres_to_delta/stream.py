@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from reverse_etl_assets.delta import writer
 from reverse_etl_assets.errors import ReverseEtlError
 from reverse_etl_assets.pipelines.postgres_to_delta.changes import Stamp, TableChanges
+from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.replication import slot as slots
 from reverse_etl_assets.postgres.replication.messages import (
     Begin,
@@ -87,7 +87,7 @@ class ChangeStream:
         self.stream = ReplicationStream(
             dsn, slot=sync.slot, publication=sync.publication, application_name=application_name
         )
-        self.catalog = psycopg.connect(dsn, autocommit=True)
+        self.catalog = connect(dsn, autocommit=True)
         self.relations: dict[int, Relation] = {}
         self.keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self.pending: dict[tuple[str, str], TableChanges] = {}

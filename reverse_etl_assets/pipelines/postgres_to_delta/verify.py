@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import polars as pl
-import psycopg
 import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from reverse_etl_assets.pipelines.postgres_to_delta.run import source_dsn
 from reverse_etl_assets.pipelines.postgres_to_delta.snapshot import resolve_tables
+from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.replication.snapshot_copy import copy_batches
 from reverse_etl_assets.schema.postgres_to_delta import arrow_schema
 from reverse_etl_assets.spec import LakehouseSync
@@ -61,7 +61,7 @@ class MirrorCheck:
 def verify_lakehouse(sync: LakehouseSync, dsn: str) -> list[MirrorCheck]:
     """Compare every mirror of `sync` with its Postgres table."""
     source = source_dsn(sync, dsn)
-    with psycopg.connect(source, autocommit=True) as conn:
+    with connect(source, autocommit=True) as conn:
         tables = [t for t in resolve_tables(conn, sync) if t.primary_key]
     checks = []
     for info in tables:
