@@ -5,6 +5,8 @@ Real components only: deltalake writes the tables, psycopg reads what landed.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,14 @@ def delta_rows(path: Path, version: int | None = None) -> list[tuple[Any, ...]]:
     frame = pl.from_arrow(DeltaTable(str(path), version=version).to_pyarrow_table())
     assert isinstance(frame, pl.DataFrame)
     return [tuple(r) for r in frame.sort("id").iter_rows()]
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`reverse-etl ARGS` in a fresh interpreter, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "reverse_etl_assets.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

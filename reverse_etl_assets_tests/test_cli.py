@@ -18,19 +18,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from reverse_etl_assets_tests.helpers import fetch, rows_of, write_delta
+from reverse_etl_assets_tests.helpers import fetch, rows_of, run_cli, write_delta
 
 NAME = "lakebase.gold.items_synced"
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reverse_etl_assets.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def make_env(tmp_path: Path, pg_dsn: str, tables: list[dict[str, object]]) -> dict[str, str]:

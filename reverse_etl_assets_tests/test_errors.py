@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -15,20 +14,10 @@ import yaml
 
 from reverse_etl_assets.errors import ConfigError, TransientError, is_transient, translate
 from reverse_etl_assets.postgres.connect import connect, redact
-from reverse_etl_assets_tests.helpers import write_delta
+from reverse_etl_assets_tests.helpers import run_cli, write_delta
 
 NAME = "lakebase.gold.items_synced"
 PASSWORD = "Zq9%Kp!Sekret"
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reverse_etl_assets.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def cli_env(tmp_path: Path, dsn: str | None, **entry: object) -> dict[str, str]:

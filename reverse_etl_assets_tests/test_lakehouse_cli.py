@@ -17,6 +17,7 @@ import pytest
 import yaml
 from deltalake import DeltaTable
 
+from reverse_etl_assets_tests.helpers import run_cli
 from reverse_etl_assets_tests.lakehouse_helpers import delta_rows, execute, history
 
 CLI = [sys.executable, "-m", "reverse_etl_assets.cli"]
@@ -30,10 +31,6 @@ def env_for(tmp_path: Path, pg_dsn: str, **entry: Any) -> dict[str, str]:
         yaml.safe_dump({"lake_root": str(tmp_path / "lake"), "lakehouse_syncs": [sync]})
     )
     return {**os.environ, "REVERSE_ETL_SPEC": str(spec), "REVERSE_ETL_PG_DSN": pg_dsn}
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def mirror(tmp_path: Path) -> str:
@@ -52,24 +49,24 @@ def test_validate_sync_status_verify_delete(pg_dsn: str, tmp_path: Path) -> None
         "INSERT INTO orders SELECT g, 'v' || g FROM generate_series(1, 100) g",
     )
     env = env_for(tmp_path, pg_dsn)
-    validated = run(env, "validate")
+    validated = run_cli(env, "validate")
     assert validated.returncode == 0, validated.stdout + validated.stderr
     assert "ok   app" in validated.stdout
-    bad = run(env_for(tmp_path, pg_dsn, tables=["public.keyless"]), "validate")
+    bad = run_cli(env_for(tmp_path, pg_dsn, tables=["public.keyless"]), "validate")
     assert bad.returncode == 1 and "no primary key" in bad.stdout and "Traceback" not in bad.stderr
-    missing = run(env_for(tmp_path, pg_dsn, tables=["public.nope"]), "validate")
+    missing = run_cli(env_for(tmp_path, pg_dsn, tables=["public.nope"]), "validate")
     assert missing.returncode == 1 and "public.nope does not exist" in missing.stdout
 
-    before = json.loads(run(env, "status", "app", "--json").stdout)[0]
+    before = json.loads(run_cli(env, "status", "app", "--json").stdout)[0]
     assert (before["kind"], before["detailed_state"]) == (
         "lakehouse_sync",
         "LAKEHOUSE_SYNC_OFFLINE",
     )
-    synced = run(env, "sync", "app")
+    synced = run_cli(env, "sync", "app")
     assert synced.returncode == 0, synced.stderr
     execute(pg_dsn, "UPDATE orders SET v = 'w' WHERE id <= 5")
-    assert run(env, "sync", "app").returncode == 0
-    status = json.loads(run(env, "status", "app", "--json").stdout)[0]
+    assert run_cli(env, "sync", "app").returncode == 0
+    status = json.loads(run_cli(env, "status", "app", "--json").stdout)[0]
     assert status["detailed_state"] == "LAKEHOUSE_SYNC_ONLINE_NO_PENDING_UPDATE"
     assert status["slot"] == "reverse_etl_app" and status["retained_wal_bytes"] is not None
     table = status["tables"][0]
@@ -80,17 +77,17 @@ def test_validate_sync_status_verify_delete(pg_dsn: str, tmp_path: Path) -> None
     )
     assert table["last_lsn"] == status["last_lsn"]
 
-    verified = run(env, "verify", "app")
+    verified = run_cli(env, "verify", "app")
     assert verified.returncode == 0 and "100 rows equal" in verified.stdout
     # Tamper with the mirror behind the pipeline's back: verify names the keys.
     DeltaTable(mirror(tmp_path)).update(updates={"v": "'tampered'"}, predicate="id = 7")
     DeltaTable(mirror(tmp_path)).delete("id = 8")
-    tampered = run(env, "verify", "app")
+    tampered = run_cli(env, "verify", "app")
     assert tampered.returncode == 1
     assert "missing in the mirror: id=8" in tampered.stdout
     assert "different values: id=7" in tampered.stdout
 
-    deleted = run(env, "delete", "app")
+    deleted = run_cli(env, "delete", "app")
     assert deleted.returncode == 0 and "slot reverse_etl_app dropped" in deleted.stdout
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
@@ -164,18 +161,18 @@ def test_a_second_follower_is_refused_and_sigterm_finishes_cleanly(
         started = time.monotonic()
         wait_for(lambda: history_ids(tmp_path) == [1], seconds=30)
         assert time.monotonic() - started < 10  # about a second behind, with margin
-        second = run(env, "follow", "app", "--max-seconds", "5")
+        second = run_cli(env, "follow", "app", "--max-seconds", "5")
         assert second.returncode == 1
         assert "another follower is streaming from slot reverse_etl_app" in second.stderr
         assert "Traceback" not in second.stderr
-        status = json.loads(run(env, "status", "app", "--json").stdout)[0]
+        status = json.loads(run_cli(env, "status", "app", "--json").stdout)[0]
         assert status["detailed_state"] == "LAKEHOUSE_SYNC_ONLINE_CONTINUOUS_UPDATE"
     finally:
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     assert "stopped following app" in out
-    status = json.loads(run(env, "status", "app", "--json").stdout)[0]
+    status = json.loads(run_cli(env, "status", "app", "--json").stdout)[0]
     assert status["detailed_state"] == "LAKEHOUSE_SYNC_ONLINE_NO_PENDING_UPDATE"
 
 
@@ -225,7 +222,7 @@ def test_follower_rides_out_a_dropped_connection_and_fails_clearly_on_a_dropped_
             follower.kill()
     assert follower.returncode == 1
     assert "reverse_etl_app" in err and "Traceback" not in err
-    status = json.loads(run(env, "status", "app", "--json").stdout)[0]
+    status = json.loads(run_cli(env, "status", "app", "--json").stdout)[0]
     assert status["detailed_state"] == "LAKEHOUSE_SYNC_ONLINE_PIPELINE_FAILED"
     assert "--full-refresh" in status["message"]
 
@@ -234,7 +231,7 @@ def test_a_malformed_source_dsn_never_shows_its_password(pg_dsn: str, tmp_path: 
     env = env_for(tmp_path, pg_dsn, source_dsn_env="APP_PG_DSN")
     env["APP_PG_DSN"] = "postgresql://app:Zq9%Kp!Sekret@127.0.0.1/app"
     for command in (["sync", "app"], ["status", "app"], ["verify", "app"], ["validate"]):
-        result = run(env, *command)
+        result = run_cli(env, *command)
         output = result.stdout + result.stderr
         assert result.returncode == 1, output
         assert "Sekret" not in output and "Traceback" not in output
