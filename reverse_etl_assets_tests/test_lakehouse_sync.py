@@ -359,3 +359,29 @@ def test_every_mapped_type_lands_with_its_edge_values(pg_dsn: str, tmp_path: Pat
     assert landed[0]["c"] == "x   "  # char(n) keeps its pad blanks
     stream_rows = history(sync.history_uri("typed"))[1:]
     assert [r["_pg_change_type"] for r in stream_rows] == ["insert", "insert"]
+
+
+def test_a_dropped_column_stays_in_delta_null_from_then_on(pg_dsn: str, tmp_path: Path) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE p (id int PRIMARY KEY, keep text, gone text)",
+        "INSERT INTO p VALUES (1, 'a', 'x'), (2, 'b', 'y')",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.p"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "UPDATE p SET keep = 'a2' WHERE id = 1",
+        "ALTER TABLE p DROP COLUMN gone",
+        "UPDATE p SET keep = 'b2' WHERE id = 2",
+        "INSERT INTO p VALUES (3, 'c')",
+    )
+    sync_lakehouse(sync, pg_dsn)
+    mirror = delta_rows(sync.mirror_uri("p"))
+    assert [(r["id"], r["keep"], r["gone"]) for r in mirror] == [
+        (1, "a2", "x"),  # changed before the drop: still carries the value
+        (2, "b2", None),  # changed after: NULL from then on
+        (3, "c", None),
+    ]
+    rows = history(sync.history_uri("p"))[2:]
+    assert [(r["id"], r["gone"]) for r in rows] == [(1, "x"), (2, None), (3, None)]
