@@ -17,6 +17,7 @@ import pytest
 import yaml
 from deltalake import DeltaTable
 
+from reverse_etl_assets.dev import embedded_postgres
 from reverse_etl_assets_tests.helpers import run_cli
 from reverse_etl_assets_tests.lakehouse_helpers import delta_rows, execute, history
 
@@ -236,3 +237,32 @@ def test_a_malformed_source_dsn_never_shows_its_password(pg_dsn: str, tmp_path: 
         assert result.returncode == 1, output
         assert "Sekret" not in output and "Traceback" not in output
         assert "APP_PG_DSN" in output
+
+
+@pytest.mark.slow
+def test_follower_waits_out_a_postgres_restart_and_loses_nothing(tmp_path: Path) -> None:
+    # A cluster of its own: the session's server is shared by the other tests.
+    cluster = tmp_path / "pg"
+    dsn = embedded_postgres.ensure_running(cluster)
+    try:
+        execute(dsn, "CREATE TABLE orders (id bigint PRIMARY KEY, v text)")
+        env = env_for(tmp_path, dsn)
+        follower = start_follower(env)
+        try:
+            wait_for(lambda: Path(log_of(tmp_path), "_delta_log").exists())
+            execute(dsn, "INSERT INTO orders VALUES (1, 'before')")
+            wait_for(lambda: history_ids(tmp_path) == [1])
+            embedded_postgres.stop(cluster)
+            time.sleep(2)  # the follower cannot reach Postgres and backs off
+            assert follower.poll() is None
+            assert embedded_postgres.ensure_running(cluster) == dsn
+            execute(dsn, "INSERT INTO orders VALUES (2, 'after')")
+            wait_for(lambda: history_ids(tmp_path) == [1, 2])
+        finally:
+            follower.send_signal(signal.SIGTERM)
+            _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        assert "retrying in" in err and "reconnected" in err
+        assert [r["id"] for r in delta_rows(mirror(tmp_path))] == [1, 2]
+    finally:
+        embedded_postgres.stop(cluster)
