@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,24 @@ def test_follower_waits_out_a_postgres_restart_and_loses_nothing(tmp_path: Path)
         assert [r["id"] for r in delta_rows(mirror(tmp_path))] == [1, 2]
     finally:
         embedded_postgres.stop(cluster)
+
+
+def test_validate_names_the_missing_replication_privilege_with_the_fix(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    role = f"plain_{uuid.uuid4().hex[:8]}"
+    execute(
+        pg_dsn,
+        "CREATE TABLE orders (id bigint PRIMARY KEY, v text)",
+        f"CREATE ROLE {role} LOGIN",
+    )
+    try:
+        scheme, rest = pg_dsn.split("://", 1)
+        as_role = f"{scheme}://{role}@{rest.split('@', 1)[-1]}"
+        result = run_cli(env_for(tmp_path, as_role), "validate")
+        assert result.returncode == 1
+        assert f'ALTER ROLE "{role}" REPLICATION' in result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
