@@ -9,12 +9,12 @@ PG_DATA := data/postgres
 LAKE := data/lake
 DAGSTER_HOME_DIR := $(CURDIR)/data/dagster_home
 
-.PHONY: install demo dev stop test bench bench-latency lint-fix clean
+.PHONY: install demo dev stop test bench bench-latency bench-lakehouse lint-fix clean
 
 install: $(STAMP)
 
 # With REVERSE_ETL_PG_DSN unset, only these targets may start the embedded development cluster.
-demo dev bench bench-latency: export REVERSE_ETL_DEV = 1
+demo dev bench bench-latency bench-lakehouse: export REVERSE_ETL_DEV = 1
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench: install
 # Continuous mode: commit-to-visible latency (p50/p99) and sustained rows/s of a follower.
 bench-latency: install
 	$(BIN)/python -m benchmarks.latency
+
+# Lakehouse syncs (Postgres -> Delta): snapshot, streaming changes/s and commit-to-visible latency,
+# each against its ceiling. Sizes etc.: BENCH_ARGS='--sizes 2000000 --only snapshot'.
+bench-lakehouse: install
+	$(BIN)/python -m benchmarks.lakehouse $(BENCH_ARGS)
 
 lint-fix: install
 	$(BIN)/ruff check --fix .
