@@ -7,12 +7,11 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import psycopg
 import pyarrow as pa
-from deltalake import DeltaTable
 
 from reverse_etl_assets.delta import writer
 from reverse_etl_assets.errors import SpecError
@@ -96,29 +95,102 @@ def _copy_table(
     schema = arrow_schema(info.columns)
     counted = _Counter()
     source = counted.wrap(_parallel_batches(dsn, snapshot_name, info))
-    reader = pa.RecordBatchReader.from_batches(schema, source)
     options = sync.storage_options
+    writes: list[tuple[str, bool, Callable[[pa.RecordBatchReader], pa.RecordBatchReader]]] = []
     if sync.mirror and info.primary_key:
-        mirror = sync.mirror_uri(info.table)
-        writer.write_snapshot(
-            mirror, reader, app_id=app_id(sync), version=lsn, change_data_feed=True,
+        writes.append((sync.mirror_uri(info.table), True, lambda reader: reader))
+    if sync.history:
+        writes.append(
+            (
+                sync.history_uri(info.table),
+                False,
+                lambda reader: _with_snapshot_columns(reader, lsn=lsn, taken_at=taken_at),
+            )
+        )
+
+    def write(uri: str, cdf: bool, shape: Callable[[pa.RecordBatchReader], pa.RecordBatchReader]):
+        return lambda reader: writer.write_snapshot(
+            uri, shape(reader), app_id=app_id(sync), version=lsn, change_data_feed=cdf,
             storage_options=options,
         )  # fmt: skip
-        if sync.history:
-            # The history's snapshot rows are the mirror's: read them back from Delta rather
-            # than copy the table out of Postgres twice. One file and one batch ahead: pyarrow's
-            # default read-ahead (4 files, 16 batches) outruns the Delta writer and buffers most
-            # of the table (measured, 8M-row snapshot: peak RSS 1549 MB before, 969 MB with this).
-            written = DeltaTable(mirror, storage_options=options).to_pyarrow_dataset()
-            batches = written.to_batches(batch_readahead=1, fragment_readahead=1)
-            reader = pa.RecordBatchReader.from_batches(schema, batches)
-    if sync.history:
-        history = _with_snapshot_columns(reader, lsn=lsn, taken_at=taken_at)
-        writer.write_snapshot(
-            sync.history_uri(info.table), history, app_id=app_id(sync), version=lsn,
-            change_data_feed=False, storage_options=options,
-        )  # fmt: skip
+
+    # Mirror and history are written from one read of the table, side by side: each Delta
+    # writer takes the same batches from a short queue of its own (bounded memory).
+    fan_out(source, schema, [write(uri, cdf, shape) for uri, cdf, shape in writes])
     return counted.rows
+
+
+def fan_out(
+    source: Iterator[pa.RecordBatch],
+    schema: pa.Schema,
+    sinks: list[Callable[[pa.RecordBatchReader], object]],
+) -> None:
+    """Feed every batch of `source` to each sink's reader, the sinks running side by side in
+    threads; the first error (of the source or a sink) stops all and is raised."""
+    if len(sinks) == 1:
+        sinks[0](pa.RecordBatchReader.from_batches(schema, source))
+        return
+    stop = threading.Event()
+    queues: list[queue.Queue[object]] = [queue.Queue(maxsize=_QUEUE_BATCHES) for _ in sinks]
+    errors: list[BaseException] = []
+    end = object()
+
+    def batches(q: queue.Queue[object]) -> Iterator[pa.RecordBatch]:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.RecordBatch)
+            yield item
+
+    def run(sink: Callable[[pa.RecordBatchReader], object], q: queue.Queue[object]) -> None:
+        try:
+            sink(pa.RecordBatchReader.from_batches(schema, batches(q)))
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+            while True:  # keep the producer from blocking on this sink's full queue
+                with contextlib.suppress(queue.Empty):
+                    if q.get(timeout=0.1) is end:
+                        return
+
+    threads = [
+        threading.Thread(target=run, args=(sink, q), daemon=True)
+        for sink, q in zip(sinks, queues, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for batch in source:
+            for q in queues:
+                _put(q, batch, stop)
+            if stop.is_set():
+                break
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        # A sink must never commit a partial table: after any error the others get one too.
+        failed = bool(errors) or stop.is_set()
+        for q in queues:
+            if failed:
+                _put(q, RuntimeError("the snapshot of this table stopped on an error"), None)
+            _put(q, end, None)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _put(q: queue.Queue[object], item: object, stop: threading.Event | None) -> None:
+    while True:
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            if stop is not None and stop.is_set():
+                return
 
 
 def _with_snapshot_columns(
