@@ -9,6 +9,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Sequence
+from datetime import date, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -140,21 +141,64 @@ def _cast_scalars(column: RelationColumn, values: pa.Array, target: pa.DataType)
         return text
     if pa.types.is_boolean(target):
         return pc.equal(text, "t")
-    if pa.types.is_decimal(target):
-        _require_form(column, text, _DECIMAL_FORM)
-    elif pa.types.is_date(target):
-        _require_form(column, text, _DATE_FORM)
-    elif pa.types.is_timestamp(target):
-        _require_form(column, text, _TIMESTAMPTZ_FORM if target.tz else _TIMESTAMP_FORM)
     try:
-        return pc.cast(text, target)
+        cast = pc.cast(text, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        # The error path only: name the value and why Delta cannot hold it.
+        pattern = _form_of(target)
+        if pattern is not None:
+            _require_form(column, text, pattern)
         bad = _first_failing(text, target)
         raise UnrepresentableValue(
             column=column.name,
             value=bad if bad is not None else "?",
             reason=f"it does not convert to {target} ({exc})",
         ) from exc
+    if pa.types.is_date(target) or pa.types.is_timestamp(target):
+        _require_delta_years(column, text, cast)
+    return cast
+
+
+# Years 1 to 9999 as days (date32) and as microseconds since the epoch (timestamps).
+_DELTA_BOUNDS = {
+    True: (
+        (date(1, 1, 1) - date(1970, 1, 1)).days,
+        (date(9999, 12, 31) - date(1970, 1, 1)).days,
+    ),
+    False: (
+        (datetime(1, 1, 1) - datetime(1970, 1, 1)) // timedelta(microseconds=1),
+        (datetime(9999, 12, 31, 23, 59, 59, 999999) - datetime(1970, 1, 1))
+        // timedelta(microseconds=1),
+    ),
+}
+
+
+def _form_of(target: pa.DataType) -> str | None:
+    """The text form a decimal, date or timestamp of Postgres takes under the session settings."""
+    if pa.types.is_decimal(target):
+        return _DECIMAL_FORM
+    if pa.types.is_date(target):
+        return _DATE_FORM
+    if pa.types.is_timestamp(target):
+        return _TIMESTAMPTZ_FORM if target.tz else _TIMESTAMP_FORM
+    return None
+
+
+def _require_delta_years(column: RelationColumn, text: pa.Array, cast: pa.Array) -> None:
+    """Delta holds years 1 to 9999: a cast value outside them (year 10000 and later parse
+    fine in Arrow) is an UnrepresentableValue. Two vectorised bounds checks on the common path."""
+    if len(cast) == 0 or cast.null_count == len(cast):
+        return
+    as_int = cast.cast(pa.int32() if pa.types.is_date(cast.type) else pa.int64())
+    lower, upper = _DELTA_BOUNDS[pa.types.is_date(cast.type)]
+    extremes = pc.min_max(as_int)
+    if lower <= extremes["min"].as_py() and extremes["max"].as_py() <= upper:
+        return
+    inside = pc.and_(pc.greater_equal(as_int, lower), pc.less_equal(as_int, upper))
+    value = text[pc.index(inside, False).as_py()].as_py()
+    raise UnrepresentableValue(
+        column=column.name, value=value, reason=_why_unrepresentable(value, decimal=False)
+    )
 
 
 def _as_binary(values: pa.Array) -> pa.Array:
