@@ -15,7 +15,6 @@ from reverse_etl_assets.postgres.replication.messages import (
     UNCHANGED,
     Relation,
     Tuple,
-    Value,
 )
 from reverse_etl_assets.schema.postgres_to_delta import arrow_schema, cast_column
 from reverse_etl_assets.transform.lakehouse_changes import (
@@ -49,43 +48,50 @@ class Stamp:
 
 @dataclass
 class _Segment:
-    """Changes of one table while its columns keep one shape."""
+    """Changes of one table while its columns keep one shape, kept as rows (tuples) and turned
+    into columns once, when the frame is built: a row costs one list append, not one a column."""
 
     relation: Relation
-    values: list[list[Value]]
-    change_type: list[str] = field(default_factory=list)
-    lsn: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
-    xid: list[int | None] = field(default_factory=list)
-    commit_time: list[datetime] = field(default_factory=list)
-    unchanged: list[list[str] | None] = field(default_factory=list)
+    rows: list[Tuple | None] = field(default_factory=list)
+    meta: list[tuple[str, int, int, int | None, datetime, list[str] | None]] = field(
+        default_factory=list
+    )
+    has_unchanged: bool = False
 
     def add(
         self, kind: str, row: Tuple | None, stamp: Stamp, unchanged: list[str] | None = None
     ) -> None:
-        for i, column in enumerate(self.values):
-            value = None if row is None else row[i]
-            column.append(None if value is UNCHANGED else value)
-        self.change_type.append(kind)
-        self.lsn.append(stamp.lsn)
-        self.seq.append(stamp.seq)
-        self.xid.append(stamp.xid)
-        self.commit_time.append(stamp.commit_time)
-        self.unchanged.append(unchanged)
+        self.rows.append(row)
+        self.meta.append((kind, stamp.lsn, stamp.seq, stamp.xid, stamp.commit_time, unchanged))
+        if kind == INSERT or row is None or (kind == UPDATE_POSTIMAGE and unchanged is None):
+            return  # the server never leaves a value unsent in these
+        # An unsent TOAST value left in a row (a preimage, or a postimage whose value stays
+        # unknown) lands as NULL in its column; `_pg_unchanged` names it.
+        self.has_unchanged = self.has_unchanged or any(v is UNCHANGED for v in row)
 
     def to_arrow(self) -> pa.Table:
         columns = self.relation.columns
+        width = len(columns)
+        empty: Tuple = (None,) * width
+        values = list(zip(*(empty if row is None else row for row in self.rows), strict=True))
+        if not values:
+            values = [() for _ in columns]
+        if self.has_unchanged:
+            values = [tuple(None if v is UNCHANGED else v for v in column) for column in values]
         arrays = [
-            cast_column(column, pa.array(values, pa.binary()))
-            for column, values in zip(columns, self.values, strict=True)
+            cast_column(column, pa.array(column_values, pa.binary()))
+            for column, column_values in zip(columns, values, strict=True)
         ]
+        kinds, lsns, seqs, xids, times, unchanged = (
+            list(column) for column in zip(*self.meta, strict=True)
+        )
         meta = [
-            pa.array(self.change_type, pa.string()),
-            pa.array(self.lsn, pa.int64()),
-            pa.array(self.seq, pa.int32()),
-            pa.array(self.xid, pa.int64()),
-            pa.array(self.commit_time, _UTC_US),
-            pa.array(self.unchanged, pa.list_(pa.string())),
+            pa.array(kinds, pa.string()),
+            pa.array(lsns, pa.int64()),
+            pa.array(seqs, pa.int32()),
+            pa.array(xids, pa.int64()),
+            pa.array(times, _UTC_US),
+            pa.array(unchanged, pa.list_(pa.string())),
         ]
         fields = [*arrow_schema(columns)]
         fields += [
@@ -112,7 +118,7 @@ class TableChanges:
     def segment(self, relation: Relation) -> _Segment:
         """The segment for `relation`'s shape, started anew when the columns changed."""
         if not self.segments or self.segments[-1].relation.columns != relation.columns:
-            self.segments.append(_Segment(relation, [[] for _ in relation.columns]))
+            self.segments.append(_Segment(relation))
         return self.segments[-1]
 
     def add_insert(self, relation: Relation, new: Tuple, stamp: Stamp) -> None:

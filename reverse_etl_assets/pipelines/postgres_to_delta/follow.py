@@ -7,11 +7,13 @@ slot, and the refusal names the pid that holds it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -25,7 +27,12 @@ from reverse_etl_assets.pipelines.postgres_to_delta.run import (
     source_dsn,
     sync_lakehouse,
 )
-from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream, Flushed
+from reverse_etl_assets.pipelines.postgres_to_delta.stream import (
+    MAX_BATCH_ROWS,
+    Batch,
+    ChangeStream,
+    Flushed,
+)
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.lakehouse_state import (
     read_lakehouse_state,
@@ -114,24 +121,71 @@ class _Follower:
         self.failed: dict[str, str] = {}
         self.next_beat = 0.0
         self.next_idle_ack = 0.0
+        self.landing: Future[tuple[Batch, Flushed, float]] | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="landing")
 
     def has_more(self) -> bool:
-        """Connect when needed, receive for a moment; True when a flush is due."""
+        """Connect when needed, finish a landing that completed, receive for a moment; True
+        when a flush is due and no landing is under way."""
         if self.stream is None:
             self._open()
         assert self.stream is not None
         self._beat()
+        if self.landing is not None and (
+            self.landing.done() or self.stream.pending_rows >= MAX_BATCH_ROWS
+        ):
+            self._finish_landing()  # done, or the next batch is full: wait for it (bounded memory)
         self.stream.receive(RECEIVE_SECONDS)
         if not self.stream.has_pending and time.monotonic() >= self.next_idle_ack:
             self.stream.acknowledge_idle()
             self.next_idle_ack = time.monotonic() + IDLE_ACK_SECONDS
-        return self.stream.flush_due(self.sync.flush_interval_seconds)
+        return self.landing is None and self.stream.flush_due(self.sync.flush_interval_seconds)
 
     def apply(self) -> bool:
-        """Land the whole transactions received and acknowledge them."""
-        assert self.stream is not None and self.state is not None
+        """Start landing the whole transactions received, in a thread: the Delta writes release
+        the GIL, so the next transactions are received and decoded meanwhile. They are
+        acknowledged once landed."""
+        assert self.stream is not None
+        batch = self.stream.take()
+        self.landing = self.executor.submit(self._land, self.stream, batch)
+        return True
+
+    def recover(self) -> None:
+        """Drop the session: what was received but not landed comes again after reconnecting."""
+        self._abandon_landing()
+        self._close_session()
+
+    def close(self) -> None:
+        """Land the whole transactions already received (SIGTERM finishes them), then stop."""
+        try:
+            if self.landing is not None:
+                self._finish_landing()
+            if self.stream is not None and self.stream.has_pending:
+                self.apply()
+                self._finish_landing()
+            if self.state is not None:
+                record_lakehouse_heartbeat(self.state, name=self.sync.name, pid=None)
+                stored = read_lakehouse_state(self.state, self.sync.name)
+                if stored is not None and stored.state == states.ONLINE_CONTINUOUS_UPDATE:
+                    record_flush(self.state, self.sync, Flushed(), failed=self.failed)
+        except Exception as exc:
+            log.warning("%s: could not finish cleanly: %s", self.sync.name, exc)
+        finally:
+            self._abandon_landing()
+            self._close_session()
+            self.executor.shutdown(wait=True)
+
+    def _land(self, stream: ChangeStream, batch: Batch) -> tuple[Batch, Flushed, float]:
         started = time.monotonic()
-        flushed = self.stream.flush()
+        return batch, stream.land(batch), time.monotonic() - started
+
+    def _finish_landing(self) -> None:
+        """Wait for the landing under way, acknowledge it, record it; its error is raised."""
+        assert self.landing is not None and self.stream is not None and self.state is not None
+        landing, self.landing = self.landing, None
+        batch, flushed, seconds = landing.result()
+        if batch.end_lsn is not None:
+            self.stream.acknowledge(batch.end_lsn)
         self.failed.update(flushed.failed)
         record_flush(
             self.state, self.sync, flushed, failed=self.failed,
@@ -146,29 +200,16 @@ class _Follower:
                 LakehouseResult(
                     name=self.sync.name, path="stream", last_lsn=flushed.last_lsn,
                     rows=flushed.rows, changes=flushed.by_type, failed_tables=flushed.failed,
-                    seconds=time.monotonic() - started,
+                    seconds=seconds,
                 )
             )  # fmt: skip
-        return True
 
-    def recover(self) -> None:
-        """Drop the session: what was received but not landed comes again after reconnecting."""
-        self._close_session()
-
-    def close(self) -> None:
-        """Land the whole transactions already received (SIGTERM finishes them), then stop."""
-        try:
-            if self.stream is not None and self.stream.has_pending:
-                self.apply()
-            if self.state is not None:
-                record_lakehouse_heartbeat(self.state, name=self.sync.name, pid=None)
-                stored = read_lakehouse_state(self.state, self.sync.name)
-                if stored is not None and stored.state == states.ONLINE_CONTINUOUS_UPDATE:
-                    record_flush(self.state, self.sync, Flushed(), failed=self.failed)
-        except (psycopg.Error, OSError) as exc:
-            log.warning("%s: could not finish cleanly: %s", self.sync.name, exc)
-        finally:
-            self._close_session()
+    def _abandon_landing(self) -> None:
+        """After an error: let a landing under way end (never acknowledged: it comes again)."""
+        if self.landing is not None:
+            landing, self.landing = self.landing, None
+            with contextlib.suppress(Exception):
+                landing.result()
 
     def _open(self) -> None:
         self.state = connect(self.dsn, autocommit=True)

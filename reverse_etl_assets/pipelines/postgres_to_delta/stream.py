@@ -69,6 +69,16 @@ class Flushed:
     last_commit_time: datetime | None = None
 
 
+@dataclass
+class Batch:
+    """Whole transactions taken from a stream, to be landed and then acknowledged."""
+
+    tables: dict[tuple[str, str], TableChanges] = field(default_factory=dict)
+    end_lsn: int | None = None
+    last_commit: Commit | None = None
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 class ChangeStream:
     """One session on the slot: receive, buffer whole transactions, flush to Delta, acknowledge."""
 
@@ -145,11 +155,32 @@ class ChangeStream:
 
     def flush(self) -> Flushed:
         """Land every whole transaction received, then acknowledge them."""
-        result = Flushed(failed=self.new_failures)
+        batch = self.take()
+        result = self.land(batch)
+        if batch.end_lsn is not None:
+            self.acknowledge(batch.end_lsn)
+        return result
+
+    def take(self) -> Batch:
+        """Detach the whole transactions received so far, to be landed (maybe in another
+        thread, while this stream receives the next ones) and then acknowledged."""
+        batch = Batch(failed=self.new_failures)
         self.new_failures = {}
         if self.last_end_lsn is None or self.in_transaction:
-            return result
-        for (schema, table), changes in list(self.pending.items()):
+            return batch
+        batch.tables = self.pending
+        batch.end_lsn = self.last_end_lsn
+        batch.last_commit = self.last_commit
+        self.pending = {}
+        self.pending_rows = 0
+        self.first_pending_at = None
+        return batch
+
+    def land(self, batch: Batch) -> Flushed:
+        """Write a batch to Delta: each table's history and mirror, skipping what they hold.
+        Touches only Delta and the catalog connection, so it may run beside `receive`."""
+        result = Flushed(failed=dict(batch.failed))
+        for (schema, table), changes in batch.tables.items():
             label = f"{schema}.{table}"
             if label in self.failed:
                 continue
@@ -165,13 +196,9 @@ class ChangeStream:
                 for kind, count in _count_types(landed).items():
                     result.by_type[kind] = result.by_type.get(kind, 0) + count
                 result.tables.append(label)
-        self.pending.clear()
-        self.pending_rows = 0
-        self.first_pending_at = None
-        if self.last_commit is not None:
-            result.last_lsn = self.last_commit.commit_lsn
-            result.last_commit_time = self.last_commit.commit_time
-        self.acknowledge(self.last_end_lsn)
+        if batch.last_commit is not None:
+            result.last_lsn = batch.last_commit.commit_lsn
+            result.last_commit_time = batch.last_commit.commit_time
         return result
 
     def acknowledge(self, lsn: int) -> None:
