@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 
+from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
@@ -385,3 +386,24 @@ def test_a_dropped_column_stays_in_delta_null_from_then_on(pg_dsn: str, tmp_path
     ]
     rows = history(sync.history_uri("p"))[2:]
     assert [(r["id"], r["gone"]) for r in rows] == [(1, "x"), (2, None), (3, None)]
+
+
+def test_a_history_without_mirror_needs_full_identity_and_then_keeps_toast(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE h (id int PRIMARY KEY, title text, body text)",
+        "INSERT INTO h VALUES (1, 't', repeat(md5('x'), 400))",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.h"], mirror=False)
+    with pytest.raises(SpecError, match="REPLICA IDENTITY FULL"):
+        sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "ALTER TABLE h REPLICA IDENTITY FULL")
+    sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "UPDATE h SET title = 'changed'")
+    sync_lakehouse(sync, pg_dsn)
+    post = history(sync.history_uri("h"))[-1]
+    assert post["_pg_change_type"] == "update_postimage"
+    assert post["body"] == pg_rows(pg_dsn, "h")[0]["body"]
+    assert not Path(sync.mirror_uri("h")).exists()

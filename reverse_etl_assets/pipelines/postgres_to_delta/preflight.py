@@ -20,9 +20,18 @@ def check_lakehouse(conn: psycopg.Connection, sync: LakehouseSync) -> list[str]:
     named = set(sync.tables)
     warnings = [f"lakehouse sync {sync.name!r}: {w}" for w in slots.server_warnings(conn)]
     for info in tables:
+        label = f"{info.schema}.{info.table}"
+        if not sync.mirror and info.replica_identity != "f":
+            # Postgres does not resend a large value an update left unchanged; without a mirror
+            # to take it from, only a full preimage carries it (never a NULL placeholder).
+            raise SpecError(
+                f"lakehouse sync {sync.name!r}: `mirror: false` but {label} has REPLICA IDENTITY "
+                "DEFAULT, so an update that leaves a large (TOASTed) value unchanged would reach "
+                f"the history without it. Run ALTER TABLE {label} REPLICA IDENTITY FULL, or keep "
+                "`mirror: true`"
+            )
         if not sync.mirror or info.primary_key:
             continue
-        label = f"{info.schema}.{info.table}"
         if (info.schema, info.table) in named:
             raise SpecError(
                 f"lakehouse sync {sync.name!r}: `mirror: true` but {label} has no primary key, so "
