@@ -212,13 +212,18 @@ class _Follower:
                 landing.result()
 
     def _open(self) -> None:
-        self.state = connect(self.dsn, autocommit=True)
-        stored = read_lakehouse_state(self.state, self.sync.name)
-        self.failed = dict(stored.failed_tables) if stored is not None else {}
-        self.stream = ChangeStream(
-            self.sync, self.source, failed_tables=self.failed,
-            application_name=f"reverse_etl follower {self.sync.name}",
-        )  # fmt: skip
+        state = connect(self.dsn, autocommit=True)
+        try:
+            stored = read_lakehouse_state(state, self.sync.name)
+            self.failed = dict(stored.failed_tables) if stored is not None else {}
+            self.stream = ChangeStream(
+                self.sync, self.source, failed_tables=self.failed,
+                application_name=f"reverse_etl follower {self.sync.name}",
+            )  # fmt: skip
+        except BaseException:
+            state.close()
+            raise
+        self.state = state
         self.sessions += 1
         if self.sessions > 1:
             log.info("%s: reconnected; catching up", self.sync.name)

@@ -94,10 +94,14 @@ class ChangeStream:
         self.dsn = dsn
         self.failed = dict(failed_tables)
         self.new_failures: dict[str, str] = {}
-        self.stream = ReplicationStream(
-            dsn, slot=sync.slot, publication=sync.publication, application_name=application_name
-        )
         self.catalog = connect(dsn, autocommit=True)
+        try:
+            self.stream = ReplicationStream(
+                dsn, slot=sync.slot, publication=sync.publication, application_name=application_name
+            )
+        except BaseException:
+            self.catalog.close()  # never leave a session behind a failed start
+            raise
         self.relations: dict[int, Relation] = {}
         self.keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self.pending: dict[tuple[str, str], TableChanges] = {}
