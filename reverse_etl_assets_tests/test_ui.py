@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 from psycopg.conninfo import conninfo_to_dict
+from reverse_etl_assets.orchestration.assets import GROUP, SOURCE_GROUP
 
 from reverse_etl_assets.definitions import load_definitions
-from reverse_etl_assets.orchestration.assets import GROUP, SOURCE_GROUP
 from reverse_etl_assets.orchestration.checks import CONTENT_CHECK, ROW_COUNT_CHECK
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.settings import ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC, PROJECT_ROOT
@@ -107,7 +107,7 @@ def test_ui_shows_sources_upstream_metadata_and_check_results(
 ) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
     for name, value in {
         ENV_SPEC: str(spec),
