@@ -43,9 +43,10 @@ def follower_job_name(table: SyncedTable) -> str:
     return "follow__" + table.name.replace(".", "__")
 
 
-def follower_job(table: SyncedTable, spec: dg.AssetSpec) -> dg.JobDefinition:
+def follower_job(table: SyncedTable, spec: dg.AssetSpec | None = None) -> dg.JobDefinition:
     """A job whose single op follows `table` (the code `reverse-etl follow` runs), reporting
-    materializations of its asset `spec`."""
+    materializations of its asset `spec` (default: the default translator's)."""
+    spec = spec or SyncedTableTranslator().get_asset_spec(table)
     key = spec.key
     [source_key] = [dep.asset_key for dep in spec.deps]
 
