@@ -24,17 +24,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The syncs are recorded in the Dagster instance of `make dev` (DAGSTER_HOME), so the UI shows them.
 demo: install
 	$(BIN)/python -m reverse_etl_assets.dev.demo_lake $(LAKE)
 	$(BIN)/python -m reverse_etl_assets.dev.demo_app
-	$(BIN)/reverse-etl sync --all
+	mkdir -p $(DAGSTER_HOME_DIR)
+	cp deploy/dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	pg_env="$$($(BIN)/python -m reverse_etl_assets.dev.embedded_postgres env $(PG_DATA))" && \
+	eval "$$pg_env" && \
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/reverse-etl sync --all
 	$(BIN)/reverse-etl status
 
-# The Dagster instance keeps its runs in database `dagster` of the same cluster (dagster.yaml);
+# The Dagster instance keeps its runs in database `dagster` of the same cluster (deploy/dagster.yaml,
+# kept out of the project root, where `dagster dev` would warn that it is ignored);
 # DAGSTER_PG_* variables already set in the environment take precedence.
 dev: demo
-	mkdir -p $(DAGSTER_HOME_DIR)
-	cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
 	pg_env="$$($(BIN)/python -m reverse_etl_assets.dev.embedded_postgres env $(PG_DATA))" && \
 	eval "$$pg_env" && \
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

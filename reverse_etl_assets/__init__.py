@@ -2,7 +2,8 @@
 
 Connectors per system (`delta/`, `postgres/`), `schema/`, `transform/`, `runtime/` and
 `pipelines/` (one package per direction) know nothing of Dagster; `orchestration/` is the Dagster
-shell. `defs` is built from the spec when Dagster first asks for it, not at import.
+shell. `defs` (the `@dg.definitions` of `definitions.py`) is imported when Dagster asks for it,
+so the CLI does not import Dagster.
 """
 
 from typing import Any
@@ -11,12 +12,10 @@ __all__ = ["defs"]
 
 
 def __getattr__(name: str) -> Any:
-    # Dagster finds `defs` through dir()/getattr; loading it lazily keeps the CLI and core light.
     if name == "defs":
-        from reverse_etl_assets.definitions import load_definitions
+        from reverse_etl_assets.definitions import defs
 
-        globals()["defs"] = load_definitions()
-        return globals()["defs"]
+        return defs
     raise AttributeError(name)
 
 

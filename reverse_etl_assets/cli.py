@@ -38,7 +38,7 @@ from reverse_etl_assets.postgres.lakehouse_state import read_lakehouse_state
 from reverse_etl_assets.postgres.replication.lsn import format_lsn
 from reverse_etl_assets.runtime.progress import describe_progress
 from reverse_etl_assets.runtime.signals import stop_on_signals
-from reverse_etl_assets.spec import LakehouseSync, Spec, load_spec, resolve_source
+from reverse_etl_assets.spec import LakehouseSync, Spec, SyncedTable, load_spec, resolve_source
 
 STATUS_COLUMNS = (
     "name",
@@ -224,7 +224,21 @@ def _sync(args: argparse.Namespace) -> int:
             print(f"FAIL {table.name}: {_explain(failure)}", file=sys.stderr)
             continue
         print(_describe(result))
+        _record_in_dagster(table, result, dsn)
     return 1 if failed else 0
+
+
+def _record_in_dagster(table: SyncedTable, result: SyncResult, dsn: str) -> None:
+    """With DAGSTER_HOME set, the sync appears in that Dagster instance as a materialization."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return
+    # Imported here: only a configured instance makes the CLI load Dagster.
+    from reverse_etl_assets.orchestration.events import record_cli_sync
+
+    try:
+        record_cli_sync(table, result, dsn)
+    except Exception as exc:  # the sync itself succeeded; say why the UI will not show it
+        print(f"WARN {table.name}: not recorded in the Dagster instance: {exc}", file=sys.stderr)
 
 
 def _sync_lakehouse(syncs: list[LakehouseSync], *, full_refresh: bool) -> int:

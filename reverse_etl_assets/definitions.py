@@ -1,59 +1,77 @@
 """Builds the Dagster Definitions from the spec: the only place that wires things together.
 
-`dagster dev` / `dagster asset materialize -m reverse_etl_assets` load it through the package.
+`dagster dev` / `dagster asset materialize -m reverse_etl_assets` load `defs` through the
+package; it is built from the spec when Dagster asks for it (`@dg.definitions`), not at import.
 """
 
-from __future__ import annotations
+from collections.abc import Iterator
 
 import dagster as dg
 
 from reverse_etl_assets import settings
-from reverse_etl_assets.orchestration.assets import (
-    source_asset,
-    source_asset_key,
-    synced_table_asset,
-)
+from reverse_etl_assets.orchestration.asset_decorator import synced_table_assets
 from reverse_etl_assets.orchestration.checks import equality_checks
 from reverse_etl_assets.orchestration.continuous import follower_sensor
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.orchestration.sensors import source_change_sensor
+from reverse_etl_assets.orchestration.sources import delta_source_assets
+from reverse_etl_assets.orchestration.translator import SyncedTableTranslator
 from reverse_etl_assets.spec import Spec, load_spec
 
+AUTOMATION_SENSOR = "synced_tables_automation"
+AUTOMATION_INTERVAL_SECONDS = 30
 
-def build_definitions(spec: Spec) -> dg.Definitions:
-    """Assets, automation and resources for every synced table of `spec`."""
-    sources: dict[dg.AssetKey, dg.SourceAsset] = {}
-    synced = []
-    checks = []
-    for table in spec.synced_tables:
-        sources.setdefault(source_asset_key(table), source_asset(table))
-        synced.append(synced_table_asset(table))
-        checks.append(equality_checks(table))
-    scheduled = [dg.AssetKey(t.asset_key_path) for t in spec.synced_tables if t.schedule]
-    sensors: list[dg.SensorDefinition] = []
-    if scheduled:
-        sensors.append(
-            dg.AutomationConditionSensorDefinition(
-                "synced_table_schedules",
-                target=dg.AssetSelection.assets(*scheduled),
-                default_status=dg.DefaultSensorStatus.RUNNING,
-            )
+
+def build_definitions(
+    spec: Spec, translator: SyncedTableTranslator | None = None
+) -> dg.Definitions:
+    """Assets, checks, automation and resources for every synced table of `spec`."""
+    translator = translator or SyncedTableTranslator()
+    if not spec.synced_tables:
+        return dg.Definitions(resources=_resources())
+
+    @synced_table_assets(spec=spec, translator=translator)
+    def synced_tables(
+        context: dg.AssetExecutionContext, postgres: PostgresTarget
+    ) -> Iterator[dg.AssetObservation | dg.MaterializeResult]:
+        yield from postgres.sync(context)
+
+    sources = delta_source_assets(spec.synced_tables, translator)
+    checks = [equality_checks(t, translator.get_asset_spec(t).key) for t in spec.synced_tables]
+    # Observes the sources and runs the schedules: every asset with an automation condition.
+    sensors: list[dg.SensorDefinition] = [
+        dg.AutomationConditionSensorDefinition(
+            AUTOMATION_SENSOR,
+            target=dg.AssetSelection.assets(*sources.keys, *synced_tables.keys),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
         )
+    ]
     watched = [t for t in spec.synced_tables if t.on_source_change]
     if watched:
-        sensors.append(source_change_sensor(watched))
+        sensors.append(source_change_sensor(watched, translator))
     followed = [t for t in spec.synced_tables if t.mode == "continuous"]
     if followed:
-        sensors.append(follower_sensor(followed))
+        sensors.append(follower_sensor(followed, translator))
     return dg.Definitions(
-        assets=[*sources.values(), *synced],
+        assets=[sources, synced_tables],
         asset_checks=checks,
         sensors=sensors,
-        resources={"postgres": PostgresTarget(), "postgres_io_manager": PostgresTableIOManager()},
+        resources=_resources(),
     )
+
+
+def _resources() -> dict[str, object]:
+    return {"postgres": PostgresTarget(), "postgres_io_manager": PostgresTableIOManager()}
 
 
 def load_definitions() -> dg.Definitions:
     """Definitions for the spec named by REVERSE_ETL_SPEC (default: the demo spec)."""
     return build_definitions(load_spec(settings.spec_path()))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location: what `dagster dev` and `dg` load."""
+    return load_definitions()

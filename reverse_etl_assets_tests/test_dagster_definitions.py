@@ -17,6 +17,8 @@ import dagster as dg
 import psycopg
 import pyarrow as pa
 import pytest
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver
 from deltalake import DeltaTable, write_deltalake
 
 from reverse_etl_assets.definitions import build_definitions, load_definitions
@@ -25,6 +27,7 @@ from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.settings import DEFAULT_SPEC, ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
 from reverse_etl_assets.spec import load_spec
+from reverse_etl_assets_tests.helpers import run_cli
 
 SYNCED = dg.AssetKey(["lakebase", "gold", "t_synced"])
 SOURCE = dg.AssetKey(["analytics", "gold", "t"])
@@ -106,8 +109,8 @@ def _table_exists(dsn: str, qualified: str) -> bool:
     return row is not None and row[0] is not None
 
 
-def _assets(defs: dg.Definitions) -> list[dg.AssetsDefinition | dg.SourceAsset]:
-    return [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition | dg.SourceAsset)]
+def _assets(defs: dg.Definitions) -> list[dg.AssetsDefinition]:
+    return [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
 
 
 def _materialization(
@@ -119,10 +122,9 @@ def _materialization(
 
 def _observe(defs: dg.Definitions, key: dg.AssetKey, instance: dg.DagsterInstance) -> str | None:
     """Run the observable source asset `key` once; its reported data version."""
-    [source] = [a for a in defs.assets or () if isinstance(a, dg.SourceAsset) and a.key == key]
     job = dg.define_asset_job("observe_source", selection=dg.AssetSelection.assets(key))
     result = (
-        dg.Definitions(assets=[source], jobs=[job])
+        dg.Definitions(assets=_assets(defs), jobs=[job], resources={"postgres": PostgresTarget()})
         .resolve_job_def("observe_source")
         .execute_in_process(instance=instance)
     )
@@ -149,9 +151,12 @@ def test_definitions_load_with_keys_deps_and_automation(defs: dg.Definitions) ->
     assert scheduled is not None
     assert scheduled.get_label() == f"sync on schedule {CRON} (UTC)"
     assert graph.get(PATH_SYNCED).automation_condition is None
-    sensor = defs.resolve_sensor_def("synced_table_schedules")
+    observed = graph.get(SOURCE).automation_condition
+    assert observed is not None
+    assert observed.get_label() == "observe on * * * * * (UTC)"
+    sensor = defs.resolve_sensor_def("synced_tables_automation")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
-    assert sensor.asset_selection.resolve(graph) == {SYNCED}
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_schedule_requests_a_sync_at_the_cron_tick(defs: dg.Definitions) -> None:
@@ -165,7 +170,8 @@ def test_schedule_requests_a_sync_at_the_cron_tick(defs: dg.Definitions) -> None
         evaluation_time=now + dt.timedelta(hours=1, minutes=1),
     )
     requested = {r.key for r in after_tick.results if r.true_subset.size}
-    assert requested == {SYNCED}
+    assert SYNCED in requested and PATH_SYNCED not in requested
+    assert SOURCE in requested  # sources are observed every minute
 
 
 def test_materialize_syncs_with_metadata_and_source_version(
@@ -183,11 +189,16 @@ def test_materialize_syncs_with_metadata_and_source_version(
     materialization = _materialization(result, SYNCED)
     metadata: dict[str, Any] = {k: v.value for k, v in materialization.metadata.items()}
     assert metadata["dagster/row_count"] == 5
-    assert metadata["delta_version"] == 1
-    assert metadata["mode"] == "snapshot"
-    assert metadata["sync_path"] == "snapshot"
-    assert metadata["rows_per_second"] > 0
-    assert metadata["duration_seconds"] > 0
+    assert metadata["dagster/table_name"] == '"gold"."t_synced"'
+    assert [c.name for c in metadata["dagster/column_schema"].columns] == ["id", "name"]
+    assert metadata["reverse_etl/postgres_table"] == '"gold"."t_synced"'
+    assert metadata["reverse_etl/delta_version"] == 1
+    assert metadata["reverse_etl/mode"] == "snapshot"
+    assert metadata["reverse_etl/sync_path"] == "snapshot"
+    assert metadata["reverse_etl/rows_per_second"] > 0
+    assert metadata["reverse_etl/duration_seconds"] > 0
+    assert metadata["reverse_etl/detailed_state"] == states.ONLINE_NO_PENDING_UPDATE
+    assert "reverse_etl/reason" not in metadata  # no empty rows
     assert materialization.tags is not None
     assert materialization.tags["dagster/data_version"] == "1"
     assert _pg_rows(pg_dsn, "gold", "t_synced") == _delta_rows(three_part_source)
@@ -259,3 +270,96 @@ def test_the_demo_spec_loads_as_a_code_location() -> None:
     for table in spec.synced_tables:
         assert graph.has(dg.AssetKey(table.asset_key_path))
     assert defs.resolve_sensor_def("synced_tables_on_source_change") is not None
+
+
+def _stale(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey) -> StaleStatus:
+    """Dagster's own staleness (what the UI shows), evaluated now."""
+    return get_stale_status_resolver(instance, _assets(defs)).get_status(key)
+
+
+def _sync(defs: dg.Definitions, instance: dg.DagsterInstance, pg_dsn: str) -> None:
+    result = dg.materialize(
+        _assets(defs),
+        selection=[SYNCED],
+        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        instance=instance,
+    )
+    assert result.success
+
+
+def test_fresh_after_syncing_the_latest_version_stale_once_the_source_moves(
+    defs: dg.Definitions, pg_dsn: str, three_part_source: Path
+) -> None:
+    """The Dagster staleness of a synced table, whatever the order of observations and syncs."""
+    instance = dg.DagsterInstance.ephemeral()
+    _sync(defs, instance, pg_dsn)  # the source was never observed
+    assert _stale(defs, instance, SYNCED) == StaleStatus.FRESH
+    assert _observe(defs, SOURCE, instance) == "1"  # observing the unchanged source
+    assert _stale(defs, instance, SYNCED) == StaleStatus.FRESH
+
+    sixth = pa.table({"id": pa.array([6], pa.int64()), "name": ["f"]})
+    write_deltalake(str(three_part_source), sixth, mode="append")
+    assert _observe(defs, SOURCE, instance) == "2"
+    assert _stale(defs, instance, SYNCED) == StaleStatus.STALE
+    _sync(defs, instance, pg_dsn)
+    assert _stale(defs, instance, SYNCED) == StaleStatus.FRESH
+
+    write_deltalake(str(three_part_source), FIRST.slice(0, 0), mode="append")
+    _sync(defs, instance, pg_dsn)  # synced before any observation saw version 3
+    assert _stale(defs, instance, SYNCED) == StaleStatus.FRESH
+    assert _observe(defs, SOURCE, instance) == "3"
+    assert _stale(defs, instance, SYNCED) == StaleStatus.FRESH
+
+    write_deltalake(str(three_part_source), FIRST.slice(0, 0), mode="append")
+    assert _observe(defs, SOURCE, instance) == "4"
+    assert _stale(defs, instance, SYNCED) == StaleStatus.STALE
+
+
+def test_a_snapshot_of_an_unchanged_source_is_a_no_op(
+    defs: dg.Definitions, pg_dsn: str, three_part_source: Path
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    _sync(defs, instance, pg_dsn)
+    with psycopg.connect(pg_dsn) as conn:
+        oid = conn.execute("SELECT 'gold.t_synced'::regclass::oid").fetchone()
+    result = dg.materialize(
+        _assets(defs),
+        selection=[SYNCED],
+        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        instance=instance,
+    )
+    metadata = {k: v.value for k, v in _materialization(result, SYNCED).metadata.items()}
+    assert metadata["reverse_etl/sync_path"] == "none"
+    assert "nothing to copy" in str(metadata["reverse_etl/reason"])
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT 'gold.t_synced'::regclass::oid").fetchone() == oid  # no swap
+        stored = read_state(conn, "lakebase.gold.t_synced")
+    assert stored is not None and "nothing to copy" in stored.message
+    assert _stale(defs, instance, SYNCED) == StaleStatus.FRESH
+
+
+@pytest.mark.slow
+def test_a_cli_sync_is_recorded_in_the_dagster_instance(
+    tmp_path: Path, defs: dg.Definitions, spec: Path, three_part_source: Path, pg_dsn: str
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, ENV_SPEC: str(spec), ENV_PG_DSN: pg_dsn, "DAGSTER_HOME": str(home)}
+    env.pop(ENV_LAKE_ROOT, None)
+
+    run = run_cli(env, "sync", "lakebase.gold.t_synced")
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "WARN" not in run.stderr
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        record = instance.get_latest_materialization_event(SYNCED)
+        assert record is not None and record.asset_materialization is not None
+        metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        assert metadata["dagster/row_count"] == 5
+        assert metadata["reverse_etl/delta_version"] == 1
+        assert metadata["reverse_etl/detailed_state"] == states.ONLINE_NO_PENDING_UPDATE
+        assert _stale(defs, instance, SYNCED) == StaleStatus.FRESH
+        write_deltalake(str(three_part_source), FIRST.slice(0, 0), mode="append")
+        assert _observe(defs, SOURCE, instance) == "2"
+        assert _stale(defs, instance, SYNCED) == StaleStatus.STALE

@@ -30,9 +30,9 @@ from playwright.sync_api import Locator, Page, expect, sync_playwright
 from psycopg.conninfo import conninfo_to_dict
 
 from reverse_etl_assets.definitions import load_definitions
-from reverse_etl_assets.orchestration.assets import GROUP, SOURCE_GROUP
 from reverse_etl_assets.orchestration.checks import CONTENT_CHECK, ROW_COUNT_CHECK
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.orchestration.translator import GROUP, SOURCE_GROUP
 from reverse_etl_assets.settings import ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC, PROJECT_ROOT
 from reverse_etl_assets_tests.helpers import write_delta
 
@@ -107,7 +107,7 @@ def test_ui_shows_sources_upstream_metadata_and_check_results(
 ) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
     for name, value in {
         ENV_SPEC: str(spec),
@@ -131,7 +131,10 @@ def test_ui_shows_sources_upstream_metadata_and_check_results(
         [event] = result.get_asset_materialization_events()
         materialization = event.step_materialization_data.materialization
         metadata = {k: v.value for k, v in materialization.metadata.items()}
-        assert (metadata["dagster/row_count"], metadata["delta_version"]) == (ORDER_ROWS, 2)
+        assert (metadata["dagster/row_count"], metadata["reverse_etl/delta_version"]) == (
+            ORDER_ROWS,
+            2,
+        )
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {ROW_COUNT_CHECK: True, CONTENT_CHECK: True}
 
@@ -183,7 +186,7 @@ def _check_asset_page(page: Page, url: str, metadata: dict[str, Any]) -> None:
 
     row_count = page.get_by_text("Row count", exact=True).locator("xpath=following-sibling::*")
     expect(row_count).to_have_text(f"{ORDER_ROWS:,}")
-    for key in ("delta_version", "mode", "sync_path", "rows_per_second", "duration_seconds"):
+    for key in ("reverse_etl/delta_version", "reverse_etl/mode", "reverse_etl/sync_path"):
         row = page.locator("tr").filter(has=page.get_by_text(key, exact=True))
         value = row.locator("td").last
         expect(value).not_to_be_empty()

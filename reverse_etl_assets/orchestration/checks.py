@@ -15,9 +15,8 @@ ROW_COUNT_CHECK = "row_count_matches_delta"
 CONTENT_CHECK = "content_matches_delta"
 
 
-def equality_checks(table: SyncedTable) -> dg.AssetChecksDefinition:
-    """Row count and content hash of Postgres versus Delta at the checkpoint."""
-    key = dg.AssetKey(table.asset_key_path)
+def equality_checks(table: SyncedTable, key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    """Row count and content hash of Postgres versus Delta at the checkpoint, on asset `key`."""
 
     @dg.multi_asset_check(
         specs=[
@@ -34,7 +33,7 @@ def equality_checks(table: SyncedTable) -> dg.AssetChecksDefinition:
                 description="Postgres rows equal the Delta rows (order-independent content hash).",
             ),
         ],
-        name=f"{'__'.join(table.asset_key_path)}__equals_delta",
+        name=f"{'__'.join(key.path)}__equals_delta",
     )
     def _checks(postgres: PostgresTarget) -> Iterator[dg.AssetCheckResult]:
         result = verify_table(table, postgres.get_dsn())

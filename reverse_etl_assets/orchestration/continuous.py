@@ -11,8 +11,10 @@ from typing import Any
 
 import dagster as dg
 
+from reverse_etl_assets.orchestration import events
 from reverse_etl_assets.orchestration import metadata as md
 from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.orchestration.translator import SyncedTableTranslator
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
 from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
@@ -41,9 +43,12 @@ def follower_job_name(table: SyncedTable) -> str:
     return "follow__" + table.name.replace(".", "__")
 
 
-def follower_job(table: SyncedTable) -> dg.JobDefinition:
-    """A job whose single op follows `table` (the code `reverse-etl follow` runs)."""
-    key = dg.AssetKey(table.asset_key_path)
+def follower_job(table: SyncedTable, spec: dg.AssetSpec | None = None) -> dg.JobDefinition:
+    """A job whose single op follows `table` (the code `reverse-etl follow` runs), reporting
+    materializations of its asset `spec` (default: the default translator's)."""
+    spec = spec or SyncedTableTranslator().get_asset_spec(table)
+    key = spec.key
+    [source_key] = [dep.asset_key for dep in spec.deps]
 
     @dg.op(name=f"{follower_job_name(table)}__op", description=f"Follow {table.name}.")
     def _follow(
@@ -58,7 +63,13 @@ def follower_job(table: SyncedTable) -> dg.JobDefinition:
             )
             if time.monotonic() - reported[0] >= REPORT_EVERY_SECONDS:
                 reported[0] = time.monotonic()
-                context.log_event(dg.AssetMaterialization(asset_key=key, metadata=_facts(result)))
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=key,
+                        metadata=_facts(result),
+                        tags=events.outside_run_tags(source_key, result.version),
+                    )
+                )
 
         # Terminating the run interrupts this call: the batch in flight rolls back.
         summary = follow_table(
@@ -108,9 +119,12 @@ def next_start(name: str, recent: Sequence[dg.RunRecord], *, now: float) -> tupl
     return f"{name}:after:{last.run_id}", f"run {last.run_id} ended {last.status.value}"
 
 
-def follower_sensor(tables: Sequence[SyncedTable]) -> dg.SensorDefinition:
+def follower_sensor(
+    tables: Sequence[SyncedTable], translator: SyncedTableTranslator | None = None
+) -> dg.SensorDefinition:
     """Keeps one follower run per continuous table in flight, never two."""
-    jobs = {t.name: follower_job(t) for t in tables}
+    translator = translator or SyncedTableTranslator()
+    jobs = {t.name: follower_job(t, translator.get_asset_spec(t)) for t in tables}
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -153,7 +167,7 @@ def _ended_at(record: dg.RunRecord) -> float:
 
 
 def _facts(result: SyncResult) -> dict[str, Any]:
-    return {
+    facts = {
         md.DETAILED_STATE: states.ONLINE_CONTINUOUS_UPDATE,
         md.DELTA_VERSION: result.version,
         md.ROW_COUNT: result.rows,
@@ -161,5 +175,7 @@ def _facts(result: SyncResult) -> dict[str, Any]:
         md.SYNC_PATH: result.path,
         md.CHANGES: result.changes,
         md.DURATION_SECONDS: round(result.seconds, 3),
-        md.REASON: result.reason,
     }
+    if result.reason:
+        facts[md.REASON] = result.reason
+    return facts

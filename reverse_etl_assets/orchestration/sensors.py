@@ -9,6 +9,7 @@ import dagster as dg
 
 from reverse_etl_assets.delta.reader import latest_version
 from reverse_etl_assets.errors import ReverseEtlError
+from reverse_etl_assets.orchestration.translator import SyncedTableTranslator
 from reverse_etl_assets.spec import SyncedTable
 
 SENSOR_NAME = "synced_tables_on_source_change"
@@ -28,15 +29,18 @@ def new_versions(
     return moved, {**cursor, **current}
 
 
-def source_change_sensor(tables: list[SyncedTable]) -> dg.SensorDefinition:
+def source_change_sensor(
+    tables: list[SyncedTable], translator: SyncedTableTranslator | None = None
+) -> dg.SensorDefinition:
     """One sensor for every table with `on_source_change: true`."""
-    by_name = {t.name: t for t in tables}
+    translator = translator or SyncedTableTranslator()
+    keys = {t.name: translator.get_asset_spec(t).key for t in tables}
 
     @dg.sensor(
         name=SENSOR_NAME,
         minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        asset_selection=dg.AssetSelection.assets(*(dg.AssetKey(t.asset_key_path) for t in tables)),
+        asset_selection=dg.AssetSelection.assets(*keys.values()),
         description="Syncs a synced table when the Delta version of its source moves.",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
@@ -53,7 +57,7 @@ def source_change_sensor(tables: list[SyncedTable]) -> dg.SensorDefinition:
         requests = [
             dg.RunRequest(
                 run_key=f"{name}@{version}",
-                asset_selection=[dg.AssetKey(by_name[name].asset_key_path)],
+                asset_selection=[keys[name]],
                 tags={"reverse_etl/table": name, "reverse_etl/source_version": str(version)},
             )
             for name, version in moved

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import psycopg
 
-from reverse_etl_assets.delta.reader import open_source
+from reverse_etl_assets.delta.reader import SourceSnapshot, open_source
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.incremental import sync_incremental
 from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_readers, check_source
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
-from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot, record_failure
+from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import (
+    load_snapshot,
+    record_failure,
+    skip_snapshot,
+)
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.locks import table_lock
+from reverse_etl_assets.postgres.state import TableState
 from reverse_etl_assets.spec import SyncedTable
 
 
@@ -55,6 +60,9 @@ def sync_locked(
                 )
             source = open_source(table.source_uri, storage_options=table.storage_options)
             columns = check_source(table, source)
+            if not (initial or full_refresh) and _at_checkpoint(stored, source):
+                assert stored is not None
+                return skip_snapshot(conn, table, stored)
             reason = "full refresh requested" if full_refresh and not initial else ""
             return load_snapshot(
                 table, dsn, source, columns, reason=reason, on_progress=on_progress
@@ -64,3 +72,12 @@ def sync_locked(
     except Exception as exc:
         record_failure(conn, table, exc)
         raise
+
+
+def _at_checkpoint(stored: TableState | None, source: SourceSnapshot) -> bool:
+    """The checkpoint already holds this very table (same id) at this very version."""
+    return (
+        stored is not None
+        and stored.last_synced_version == source.version
+        and stored.table_id == source.table_id
+    )

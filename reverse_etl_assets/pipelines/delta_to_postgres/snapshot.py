@@ -13,6 +13,7 @@ from reverse_etl_assets.delta.reader import SourceSnapshot, read_batches
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.postgres import protection, state
+from reverse_etl_assets.postgres.state import TableState
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.spec import SyncedTable
@@ -80,6 +81,24 @@ def load_snapshot(
         version=source.version,
         rows=rows,
         skipped_null_keys=preparer.skipped_null_keys,
+        seconds=time.monotonic() - started,
+        reason=reason,
+    )
+
+
+def skip_snapshot(conn: psycopg.Connection, table: SyncedTable, stored: TableState) -> SyncResult:
+    """The no-op sync of a snapshot table whose source is still at the checkpointed version."""
+    started = time.monotonic()
+    version = stored.last_synced_version or 0
+    reason = f"source still at version {version}, the checkpoint: nothing to copy"
+    state.record_state(conn, table, state=states.ONLINE_NO_PENDING_UPDATE, message=reason)
+    return SyncResult(
+        name=table.name,
+        mode=table.mode,
+        path="none",
+        version=version,
+        rows=stored.rows or 0,
+        skipped_null_keys=stored.skipped_null_keys,
         seconds=time.monotonic() - started,
         reason=reason,
     )

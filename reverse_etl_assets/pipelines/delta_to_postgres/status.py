@@ -13,7 +13,8 @@ from reverse_etl_assets.delta.reader import open_source
 from reverse_etl_assets.errors import ReverseEtlError
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.follow import follower_timeout
-from reverse_etl_assets.postgres.state import TableState
+from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
 
 
@@ -127,3 +128,9 @@ def _continuous_state(table: SyncedTable, stored: TableState, lag: int | None) -
         return stored.state, f"{stored.message} (by the follower, {who})"
     pending = f"{lag} version(s) pending" if lag else "up to date"
     return states.ONLINE_CONTINUOUS_UPDATE, f"following ({who}), {pending}"
+
+
+def read_table_status(table: SyncedTable, dsn: str) -> TableStatus:
+    """Status of `table` as stored in the target database now."""
+    with connect(dsn, autocommit=True) as conn:
+        return table_status(table, read_state(conn, table.name))
