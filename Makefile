@@ -29,14 +29,13 @@ demo: install
 	$(BIN)/python -m reverse_etl_assets.dev.demo_lake $(LAKE)
 	$(BIN)/python -m reverse_etl_assets.dev.demo_app
 	mkdir -p $(DAGSTER_HOME_DIR)
-	cp deploy/dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
+	cp dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
 	pg_env="$$($(BIN)/python -m reverse_etl_assets.dev.embedded_postgres env $(PG_DATA))" && \
 	eval "$$pg_env" && \
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/reverse-etl sync --all
 	$(BIN)/reverse-etl status
 
-# The Dagster instance keeps its runs in database `dagster` of the same cluster (deploy/dagster.yaml,
-# kept out of the project root, where `dagster dev` would warn that it is ignored);
+# The Dagster instance keeps its runs in database `dagster` of the same cluster (dagster.yaml);
 # DAGSTER_PG_* variables already set in the environment take precedence.
 dev: demo
 	pg_env="$$($(BIN)/python -m reverse_etl_assets.dev.embedded_postgres env $(PG_DATA))" && \

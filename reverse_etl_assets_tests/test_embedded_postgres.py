@@ -163,7 +163,7 @@ def test_dagster_yaml_keeps_runs_in_the_dagster_database(
         monkeypatch.setenv(name, value)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(Path(__file__).parents[1] / "dagster.yaml", home / "dagster.yaml")
 
     @asset
     def one() -> int:

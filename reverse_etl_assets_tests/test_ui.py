@@ -107,7 +107,7 @@ def test_ui_shows_sources_upstream_metadata_and_check_results(
 ) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
     for name, value in {
         ENV_SPEC: str(spec),
