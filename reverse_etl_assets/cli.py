@@ -60,11 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except Exception as exc:
-        failure = translate(exc)
-        if failure is None:
-            raise
-        print(f"error: {_explain(failure)}", file=sys.stderr)
+        print(f"error: {_explain(_as_failure(exc))}", file=sys.stderr)
         return 1
+
+
+def _as_failure(exc: Exception) -> ReverseEtlError:
+    """`exc` in the error policy's terms; anything the policy does not know is a bug: re-raised."""
+    failure = translate(exc)
+    if failure is None:
+        raise exc
+    return failure
 
 
 def _explain(failure: ReverseEtlError) -> str:
@@ -177,14 +182,12 @@ def _validate_lakehouse(spec: Spec, conn: psycopg.Connection) -> int:
         try:
             source = source_dsn(sync, settings.pg_dsn())
             if source == settings.pg_dsn():
-                warnings = check_lakehouse(conn, sync)
+                _, warnings = check_lakehouse(conn, sync)
             else:
                 with connect(source, autocommit=True) as other:
-                    warnings = check_lakehouse(other, sync)
+                    _, warnings = check_lakehouse(other, sync)
         except Exception as exc:
-            failure = translate(exc)
-            if failure is None:
-                raise
+            failure = _as_failure(exc)
             failed += 1
             print(f"FAIL {sync.name}: {_explain(failure)}")
             continue
@@ -217,9 +220,7 @@ def _sync(args: argparse.Namespace) -> int:
                 if progress is not None:
                     print(file=sys.stderr)
         except Exception as exc:
-            failure = translate(exc)
-            if failure is None:
-                raise
+            failure = _as_failure(exc)
             failed += 1
             print(f"FAIL {table.name}: {_explain(failure)}", file=sys.stderr)
             continue
@@ -248,9 +249,7 @@ def _sync_lakehouse(syncs: list[LakehouseSync], *, full_refresh: bool) -> int:
         try:
             result = sync_lakehouse(sync, settings.pg_dsn(), full_refresh=full_refresh)
         except Exception as exc:
-            failure = translate(exc)
-            if failure is None:
-                raise
+            failure = _as_failure(exc)
             failed += 1
             print(f"FAIL {sync.name}: {_explain(failure)}", file=sys.stderr)
             continue

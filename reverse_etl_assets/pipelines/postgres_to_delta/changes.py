@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -36,9 +37,8 @@ TRUNCATE = "truncate"
 _UTC_US = pa.timestamp("us", tz="UTC")
 
 
-@dataclass(frozen=True, kw_only=True)
-class Stamp:
-    """Where a change sits in the source's history."""
+class Stamp(NamedTuple):
+    """Where a change sits in the source's history (a tuple: one is made per change)."""
 
     lsn: int
     seq: int

@@ -11,8 +11,11 @@ from reverse_etl_assets.postgres.replication import slot as slots
 from reverse_etl_assets.spec import LakehouseSync
 
 
-def check_lakehouse(conn: psycopg.Connection, sync: LakehouseSync) -> list[str]:
-    """Raise on what stops the sync (with the exact fix); return warnings worth printing."""
+def check_lakehouse(
+    conn: psycopg.Connection, sync: LakehouseSync
+) -> tuple[list[slots.TableInfo], list[str]]:
+    """Raise on what stops the sync (with the exact fix); return the tables it streams and the
+    warnings worth printing."""
     problems = slots.server_problems(conn)
     if problems:
         raise ConfigError(f"lakehouse sync {sync.name!r}: " + "; ".join(problems))
@@ -42,4 +45,4 @@ def check_lakehouse(conn: psycopg.Connection, sync: LakehouseSync) -> list[str]:
         warnings.append(
             f"lakehouse sync {sync.name!r}: {label} has no primary key: it gets a history only"
         )
-    return warnings
+    return tables, warnings

@@ -18,7 +18,7 @@ from reverse_etl_assets.delta import writer
 from reverse_etl_assets.errors import ConfigError, ReverseEtlError, SpecError
 from reverse_etl_assets.pipelines.postgres_to_delta import states
 from reverse_etl_assets.pipelines.postgres_to_delta.preflight import check_lakehouse
-from reverse_etl_assets.pipelines.postgres_to_delta.snapshot import resolve_tables, take_snapshot
+from reverse_etl_assets.pipelines.postgres_to_delta.snapshot import take_snapshot
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream, Flushed, app_id
 from reverse_etl_assets.postgres.connect import connect, parse_dsn
 from reverse_etl_assets.postgres.lakehouse_state import (
@@ -108,9 +108,9 @@ def _sync(
     failed: dict[str, str],
 ) -> LakehouseResult:
     with connect(source, autocommit=True) as conn:
-        for warning in check_lakehouse(conn, sync):
+        tables, warnings = check_lakehouse(conn, sync)
+        for warning in warnings:
             log.warning("%s", warning)
-        tables = resolve_tables(conn, sync)
         needs_snapshot = full_refresh or _needs_snapshot(conn, sync, tables)
     if needs_snapshot:
         record_lakehouse_state(

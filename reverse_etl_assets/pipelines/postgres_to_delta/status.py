@@ -165,7 +165,8 @@ def _table_status(
             versions.append(version)
     if mirror is not None:
         try:
-            rows = _count(DeltaTable(mirror, storage_options=sync.storage_options))
+            table_ = DeltaTable(mirror, storage_options=sync.storage_options)
+            rows = table_.to_pyarrow_dataset().count_rows()  # from Parquet footers only
         except (TableNotFoundError, DeltaError, OSError):
             rows = None  # not written yet (a table without a key has no mirror)
     if label in failed:
@@ -183,8 +184,3 @@ def _table_status(
         detailed_state=detailed,
         message=message,
     )
-
-
-def _count(table: DeltaTable) -> int:
-    """Rows of a Delta table from its log's file statistics when present, else by scanning."""
-    return int(table.to_pyarrow_dataset().count_rows())

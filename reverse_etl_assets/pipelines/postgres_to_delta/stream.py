@@ -296,7 +296,7 @@ class ChangeStream:
 
     def _changes_of(self, relation: Relation) -> TableChanges | None:
         key = (relation.schema, relation.table)
-        if f"{relation.schema}.{relation.table}" in self.failed:
+        if self.failed and f"{relation.schema}.{relation.table}" in self.failed:
             return None
         if key not in self.pending:
             self.pending[key] = TableChanges(schema=relation.schema, table=relation.table)
@@ -317,17 +317,15 @@ class ChangeStream:
         keys = self._keys(schema, table)
         version = changes.last_lsn
         landed: pa.Table | None = None
-        needs_fill = unfilled_keys(frame, keys).num_rows > 0 if keys else False
-        prior = None
         mirror_uri = self.sync.mirror_uri(table)
-        if needs_fill and self.sync.mirror:
-            prior = writer.lookup_rows(
-                mirror_uri,
-                keys,
-                unfilled_keys(frame, keys),
-                columns=None,
-                storage_options=self.sync.storage_options,
-            )
+        prior = None
+        if keys and self.sync.mirror:
+            unfilled = unfilled_keys(frame, keys)
+            if unfilled.num_rows:  # unchanged TOAST values the batch itself cannot fill
+                prior = writer.lookup_rows(
+                    mirror_uri, keys, unfilled, columns=None,
+                    storage_options=self.sync.storage_options,
+                )  # fmt: skip
         filled = fill_unchanged(frame, keys, prior=prior) if keys else frame
         if self.sync.history:
             uri = self.sync.history_uri(table)
