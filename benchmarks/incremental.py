@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import psycopg
 from deltalake import DeltaTable, write_deltalake
 from psycopg import sql
@@ -35,14 +36,12 @@ from benchmarks.snapshot import (
     table_path,
 )
 from reverse_etl_assets import settings
-from reverse_etl_assets.delta.change_feed import read_changes
 from reverse_etl_assets.delta.reader import open_source
 from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import INCREMENTAL_FILLFACTOR
 from reverse_etl_assets.postgres import binary_copy, ddl
 from reverse_etl_assets.postgres.protection import WRITER_SETTING
 from reverse_etl_assets.schema.delta_to_postgres import key_columns, pg_columns, to_wire
 from reverse_etl_assets.spec import SyncedTable, parse_spec
-from reverse_etl_assets.transform.changes import net_changes
 
 SCHEMA = "bench_incremental"  # not the snapshot benchmark's schema, which it drops
 ROWS = 2_000_000
@@ -171,27 +170,27 @@ def commit_versions() -> None:
 
 
 def encode_ceiling_files() -> tuple[Path, Path, int]:
-    """The deduplicated changes of L+1..V as two pre-encoded binary COPY files."""
-    table = synced_table()
+    """The deduplicated changes of L+1..V as two pre-encoded binary COPY files: the rows of V
+    whose keys the versions touched, and the deleted keys (known from how they were made)."""
     source = open_source(str(SOURCE), storage_options={})
     columns = pg_columns(source.schema, table=NAME)
-    net = net_changes(
-        read_changes(source.table, start=2, end=source.version),
-        key=("id",),
-        columns=source.schema.names,
-        timeseries_key=table.timeseries_key,
-        table=NAME,
-    )
+    frame = pl.from_arrow(source.table.to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    id_ = pl.col("id")
+    upserts = frame.filter((id_ % 10 == 0) | (id_ >= ROWS)).to_arrow()
+    deletes = pl.DataFrame({"id": range(1, ROWS, 100)}, schema={"id": pl.Int64}).to_arrow()
+    del frame
     keys = key_columns(columns, ("id",))
-    changes, deletes = BENCH_DIR / "changes.copy", BENCH_DIR / "deletes.copy"
-    for path, data, cols in ((changes, net.upserts, columns), (deletes, net.deletes, keys)):
+    changes, deletes_file = BENCH_DIR / "changes.copy", BENCH_DIR / "deletes.copy"
+    for path, data, cols in ((changes, upserts, columns), (deletes_file, deletes, keys)):
         with path.open("wb") as out:
             out.write(binary_copy.HEADER)
             for batch in data.to_batches(max_chunksize=65_536):
                 out.write(binary_copy.encode_rows(to_wire(batch, cols), cols))
             out.write(binary_copy.TRAILER)
-    print(f"{net.count:,} deduplicated changes encoded (not timed)", flush=True)
-    return changes, deletes, net.count
+    count = upserts.num_rows + deletes.num_rows
+    print(f"{count:,} deduplicated changes encoded (not timed)", flush=True)
+    return changes, deletes_file, count
 
 
 def save_postgres_state(dsn: str) -> None:

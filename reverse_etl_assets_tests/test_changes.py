@@ -1,40 +1,69 @@
-"""Reducing raw Change Data Feed rows to one net change per key (pure polars, no I/O).
+"""Netting raw Change Data Feed rows to one change per key: the feed's batches prepared in Arrow,
+staged in a real Postgres and netted there in SQL (the range never sits in the pipeline's memory).
 
 delta-rs returns CDF rows unordered and overwrites insert-before-delete: the order must not matter.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pyarrow as pa
 import pytest
 
 from reverse_etl_assets.errors import DataError
-from reverse_etl_assets.transform.changes import net_changes
+from reverse_etl_assets.postgres import apply, change_stage
+from reverse_etl_assets.schema.delta_to_postgres import pg_columns
+from reverse_etl_assets.transform.changes import ChangePreparer
+
+Row = tuple[Any, Any, str, int]
 
 
-def cdf(rows: list[tuple[int | None, str | None, str, int]]) -> pa.Table:
-    ids, values, kinds, versions = zip(*rows, strict=True) if rows else ((), (), (), ())
-    return pa.table(
+@pytest.fixture
+def conn(pg_dsn: str) -> Any:
+    with psycopg.connect(pg_dsn) as connection, connection.transaction(force_rollback=True):
+        yield connection
+
+
+def cdf(rows: list[Row], values: pa.DataType | None = None, name: str = "v") -> pa.RecordBatch:
+    ids, vals, kinds, versions = zip(*rows, strict=True) if rows else ((), (), (), ())
+    return pa.RecordBatch.from_pydict(
         {
             "id": pa.array(ids, pa.int64()),
-            "v": pa.array(values, pa.string()),
+            name: pa.array(vals, values or pa.string()),
             "_change_type": pa.array(kinds, pa.string()),
             "_commit_version": pa.array(versions, pa.int64()),
         }
     )
 
 
-def reduce(rows: list[tuple[int | None, str | None, str, int]], **kw: object) -> tuple[dict, list]:
-    net = net_changes(
-        cdf(rows), key=("id",), columns=["id", "v"], timeseries_key=None, table="t", **kw
-    )  # type: ignore[arg-type]
-    upserts = dict(
-        zip(net.upserts.column("id").to_pylist(), net.upserts.column("v").to_pylist(), strict=True)
-    )
-    return upserts, sorted(net.deletes.column("id").to_pylist())
+def stage(conn: psycopg.Connection, batches: list[pa.RecordBatch], **kw: Any) -> ChangePreparer:
+    """Prepare and stage `batches` (each its own feed batch), as a landing does."""
+    source = batches[0].schema.remove(batches[0].schema.get_field_index("_change_type"))
+    source = source.remove(source.get_field_index("_commit_version"))
+    columns = pg_columns(source, table="t")
+    preparer = ChangePreparer(columns, key=("id",), policy="fail", table="t", **kw)
+    apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(batches))
+    return preparer
 
 
-def test_overwrite_inserts_before_deletes_keeps_the_new_rows() -> None:
+def net_table(conn: psycopg.Connection, value: str = "v") -> tuple[dict[Any, Any], list[Any]]:
+    rows = conn.execute(f'SELECT id, "{value}", _retl_arriving FROM _retl_net').fetchall()
+    upserts = {r[0]: r[1] for r in rows if r[2]}
+    return upserts, sorted(r[0] for r in rows if not r[2])
+
+
+def reduce(conn: psycopg.Connection, rows: list[Row]) -> tuple[dict[Any, Any], list[Any]]:
+    preparer = stage(conn, [cdf(rows)])
+    columns = preparer.columns[:2]
+    count = change_stage.net_last_changes(conn, key=("id",), columns=columns, table="t")
+    upserts, deletes = net_table(conn)
+    assert count == len(upserts) + len(deletes)
+    return upserts, deletes
+
+
+def test_overwrite_inserts_before_deletes_keeps_the_new_rows(conn: psycopg.Connection) -> None:
     rows = [
         (1, "new1", "insert", 4),
         (2, "new2", "insert", 4),
@@ -42,10 +71,10 @@ def test_overwrite_inserts_before_deletes_keeps_the_new_rows() -> None:
         (2, "old2", "delete", 4),
         (3, "old3", "delete", 4),
     ]
-    assert reduce(rows) == ({1: "new1", 2: "new2"}, [3])
+    assert reduce(conn, rows) == ({1: "new1", 2: "new2"}, [3])
 
 
-def test_unordered_versions_last_change_wins() -> None:
+def test_unordered_versions_last_change_wins(conn: psycopg.Connection) -> None:
     rows = [
         (1, None, "delete", 3),
         (1, "a", "insert", 1),
@@ -55,36 +84,32 @@ def test_unordered_versions_last_change_wins() -> None:
         (3, "c", "delete", 1),
         (3, "c2", "insert", 5),
     ]
-    assert reduce(rows) == ({2: "B", 3: "c2"}, [1])
+    assert reduce(conn, rows) == ({2: "B", 3: "c2"}, [1])
 
 
-def test_preimages_never_land() -> None:
+def test_preimages_never_land(conn: psycopg.Connection) -> None:
     rows = [(5, "old", "update_preimage", 2), (5, "new", "update_postimage", 2)]
-    assert reduce(rows) == ({5: "new"}, [])
+    assert reduce(conn, rows) == ({5: "new"}, [])
 
 
-def test_two_new_rows_for_one_key_in_one_version_fail() -> None:
+def test_two_new_rows_for_one_key_in_one_version_fail(conn: psycopg.Connection) -> None:
     with pytest.raises(DataError, match=r"\{'id': 7\} x2 in version 3"):
-        reduce([(7, "a", "insert", 3), (7, "b", "insert", 3)])
+        reduce(conn, [(7, "a", "insert", 3), (7, "b", "insert", 3)])
 
 
-def test_same_key_in_different_versions_is_not_a_duplicate() -> None:
-    assert reduce([(7, "a", "insert", 3), (7, "b", "insert", 4)]) == ({7: "b"}, [])
+def test_same_key_in_different_versions_is_not_a_duplicate(conn: psycopg.Connection) -> None:
+    assert reduce(conn, [(7, "a", "insert", 3), (7, "b", "insert", 4)]) == ({7: "b"}, [])
 
 
-def test_null_keys_are_counted_not_applied() -> None:
-    net = net_changes(
-        cdf([(None, "x", "insert", 1), (1, "a", "insert", 1)]),
-        key=("id",),
-        columns=["id", "v"],
-        timeseries_key=None,
-        table="t",
-    )
-    assert net.null_key_rows == 1 and net.upserts.num_rows == 1
+def test_null_keys_are_counted_not_applied(conn: psycopg.Connection) -> None:
+    preparer = stage(conn, [cdf([(None, "x", "insert", 1), (1, "a", "insert", 1)])])
+    assert preparer.null_key_rows == 1
+    change_stage.net_last_changes(conn, key=("id",), columns=preparer.columns[:2], table="t")
+    assert net_table(conn) == ({1: "a"}, [])
 
 
-def test_null_key_rows_count_what_arrives_minus_what_leaves() -> None:
-    rows = [
+def test_null_key_rows_count_what_arrives_minus_what_leaves(conn: psycopg.Connection) -> None:
+    rows: list[Row] = [
         (None, "x", "insert", 1),
         (None, "y", "insert", 1),
         (None, "x", "update_preimage", 2),  # an update of a NULL-key row: still one row
@@ -93,24 +118,48 @@ def test_null_key_rows_count_what_arrives_minus_what_leaves() -> None:
         (None, "z", "update_preimage", 3),  # its key set: it leaves the NULL-key rows
         (4, "z", "update_postimage", 3),
     ]
-    net = net_changes(cdf(rows), key=("id",), columns=["id", "v"], timeseries_key=None, table="t")
-    assert net.null_key_rows == 0 and net.upserts.column("id").to_pylist() == [4]
+    # Split over two feed batches: the count adds up across batches.
+    preparer = stage(conn, [cdf(rows[:3]), cdf(rows[3:])])
+    assert preparer.null_key_rows == 0
+    change_stage.net_last_changes(conn, key=("id",), columns=preparer.columns[:2], table="t")
+    assert net_table(conn) == ({4: "z"}, [])
 
 
-def test_timeseries_key_resolves_duplicates_within_a_version() -> None:
-    changes = pa.table(
-        {
-            "id": pa.array([1, 1, 1], pa.int64()),
-            "at": pa.array([5, 9, 7], pa.int64()),
-            "_change_type": ["insert", "insert", "insert"],
-            "_commit_version": pa.array([2, 2, 2], pa.int64()),
-        }
+def timeseries(conn: psycopg.Connection, rows: list[Row]) -> ChangePreparer:
+    preparer = stage(conn, [cdf(rows, pa.int64(), "at")], keep_keys=True)
+    change_stage.net_latest_rows(
+        conn,
+        key=("id",),
+        columns=preparer.columns[:2],
+        timeseries_key="at",
+        table="t",
+        resolved=False,
     )
-    net = net_changes(changes, key=("id",), columns=["id", "at"], timeseries_key="at", table="t")
-    assert net.upserts.to_pylist() == [{"id": 1, "at": 9}]
+    return preparer
 
 
-def test_a_key_only_left_as_a_preimage_is_deleted() -> None:
+def test_timeseries_key_resolves_duplicates_within_a_version(conn: psycopg.Connection) -> None:
+    timeseries(conn, [(1, 5, "insert", 2), (1, 9, "insert", 2), (1, 7, "insert", 2)])
+    assert net_table(conn, "at") == ({1: 9}, [])
+
+
+def test_timeseries_ties_on_the_latest_value_are_a_duplicate_key(conn: psycopg.Connection) -> None:
+    with pytest.raises(DataError, match=r"\{'id': 1\}: rows with the same key share the latest"):
+        timeseries(conn, [(1, 9, "insert", 2), (1, 9, "insert", 3), (2, 1, "insert", 2)])
+
+
+def test_timeseries_keeps_the_touched_keys_when_rows_leave(conn: psycopg.Connection) -> None:
+    preparer = stage(
+        conn,
+        [cdf([(1, 5, "delete", 2), (2, 3, "insert", 2), (None, 1, "insert", 2)], pa.int64(), "at")],
+        keep_keys=True,
+    )
+    touched = preparer.touched_keys()
+    assert preparer.leaving_rows == 1
+    assert touched is not None and sorted(touched.column("id").to_pylist()) == [1, 2]
+
+
+def test_a_key_only_left_as_a_preimage_is_deleted(conn: psycopg.Connection) -> None:
     # UPDATE SET id = id + 1000 WHERE id < 3: the old keys appear only as preimages.
     rows = [
         (1, "a", "update_preimage", 2),
@@ -118,24 +167,24 @@ def test_a_key_only_left_as_a_preimage_is_deleted() -> None:
         (2, "b", "update_preimage", 2),
         (1002, "b", "update_postimage", 2),
     ]
-    assert reduce(rows) == ({1001: "a", 1002: "b"}, [1, 2])
+    assert reduce(conn, rows) == ({1001: "a", 1002: "b"}, [1, 2])
 
 
-def test_a_key_moved_away_and_back_lands_at_its_last_place() -> None:
+def test_a_key_moved_away_and_back_lands_at_its_last_place(conn: psycopg.Connection) -> None:
     rows = [
         (1001, "a", "update_postimage", 3),
         (1001, "a", "update_preimage", 4),
         (1, "a", "update_preimage", 3),
         (1, "a", "update_postimage", 4),
     ]
-    assert reduce(rows) == ({1: "a"}, [1001])
+    assert reduce(conn, rows) == ({1: "a"}, [1001])
 
 
-def test_keys_swapped_in_one_version_both_stay() -> None:
+def test_keys_swapped_in_one_version_both_stay(conn: psycopg.Connection) -> None:
     rows = [
         (1, "one", "update_preimage", 2),
         (2, "two", "update_preimage", 2),
         (2, "one", "update_postimage", 2),
         (1, "two", "update_postimage", 2),
     ]
-    assert reduce(rows) == ({1: "two", 2: "one"}, [])
+    assert reduce(conn, rows) == ({1: "two", 2: "one"}, [])

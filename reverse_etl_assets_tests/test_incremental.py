@@ -3,6 +3,7 @@ detected and replaced by a full refresh, schema changes, locking and kill -9 mid
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -238,8 +239,18 @@ def test_a_second_sync_waits_for_the_first(tmp_path: Path, pg_dsn: str) -> None:
     assert finished.is_set() and stored(pg_dsn).last_synced_version == 1
 
 
+# What Postgres runs while the increment is staged (the feed streams in), then applied.
+KILL_POINTS = {
+    "staging": 'COPY "pg_temp"."_retl_changes"%',
+    "applying": "WITH written%",
+}
+
+
 @pytest.mark.slow
-def test_kill_9_during_an_increment_leaves_the_old_version(tmp_path: Path, pg_dsn: str) -> None:
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_kill_9_during_an_increment_leaves_the_old_version(
+    tmp_path: Path, pg_dsn: str, point: str
+) -> None:
     src = tmp_path / "lake/analytics/gold/items"
     n = 1_000_000
     write_delta(src, items(range(n)))
@@ -265,8 +276,8 @@ def test_kill_9_during_an_increment_leaves_the_old_version(tmp_path: Path, pg_ds
         while time.monotonic() < deadline:
             busy = fetch(
                 pg_dsn,
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'WITH written%%' "
-                'OR query LIKE \'COPY "pg_temp"."_retl_upserts"%%\'',
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s",
+                (KILL_POINTS[point],),
             )
             if busy[0][0]:
                 break
@@ -283,3 +294,73 @@ def test_kill_9_during_an_increment_leaves_the_old_version(tmp_path: Path, pg_ds
     assert fetch(
         pg_dsn, "SELECT count(*), count(*) FILTER (WHERE v = 'changed') FROM gold.items_synced"
     ) == [(n, n // 5)]
+
+
+def test_a_file_lost_mid_range_fails_and_leaves_the_old_version(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    src = tmp_path / "lake/analytics/gold/items"
+    write_delta(src, items(range(100)))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "lake_root": str(tmp_path / "lake"),
+                "synced_tables": [
+                    {"name": NAME, "source": "analytics.gold.items", "primary_key": ["id"],
+                     "mode": "triggered"},
+                ],
+            }
+        )
+    )  # fmt: skip
+    env = {**os.environ, "REVERSE_ETL_SPEC": str(spec), "REVERSE_ETL_PG_DSN": pg_dsn}
+    cli = [sys.executable, "-m", "reverse_etl_assets.cli", "sync", NAME]
+    assert subprocess.run(cli, env=env, capture_output=True, timeout=300).returncode == 0
+    before = postgres_rows(pg_dsn)
+    DeltaTable(str(src)).update(updates={"v": "'changed'"}, predicate="id < 5")
+    write_delta(src, items([100, 101]))
+    # The last version's data file goes away (a bad vacuum, a lost object): the feed fails while
+    # it streams, after the first versions are staged, and the snapshot that could replace the
+    # increment cannot read the table either.
+    log = (src / "_delta_log" / f"{2:020d}.json").read_text().splitlines()
+    [lost] = [json.loads(line)["add"]["path"] for line in log if '"add"' in line]
+    (src / lost).unlink()
+    failed = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0
+    assert "reading Delta table" in failed.stderr and NAME in failed.stderr
+    assert postgres_rows(pg_dsn) == before
+    state = stored(pg_dsn)
+    assert (state.state, state.last_synced_version) == (states.ONLINE_PIPELINE_FAILED, 0)
+
+
+def test_the_feed_streams_into_the_stage_while_it_is_read(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded memory by structure: the stage's COPY is already running on the server while
+    later batches of the feed are still being read, so the range is never held whole."""
+    from reverse_etl_assets.pipelines.delta_to_postgres import incremental
+
+    src = tmp_path / "src"
+    write_delta(src, items(range(40_000)))
+    table = triggered(tmp_path, src, full_refresh_threshold=1.0)
+    sync_table(table, pg_dsn)
+    DeltaTable(str(src)).update(updates={"v": "'changed'"}, predicate="id % 2 = 0")
+    streamed = incremental.stream_changes
+    copying_while_read: list[bool] = []
+
+    def watched(*args: object, **kwargs: object) -> object:
+        for index, batch in enumerate(streamed(*args, **kwargs)):  # type: ignore[arg-type]
+            if index:
+                copying = fetch(
+                    pg_dsn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s",
+                    ('COPY "pg_temp"."_retl_changes"%',),
+                )
+                copying_while_read.append(copying[0][0] == 1)
+            yield batch
+
+    monkeypatch.setattr(incremental, "stream_changes", watched)
+    result = sync_table(table, pg_dsn)
+    assert (result.path, result.changes) == ("incremental", 20_000)
+    assert len(copying_while_read) >= 2 and all(copying_while_read)
+    assert postgres_rows(pg_dsn) == delta_rows(src)

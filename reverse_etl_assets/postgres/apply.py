@@ -1,7 +1,8 @@
 """Apply net changes to a live synced table inside the caller's transaction.
 
-Stage them with binary COPY into temp tables, then a few set-based statements: one DELETE ...
-USING, one INSERT ... ON CONFLICT DO UPDATE that skips rows that did not change.
+Rows are staged with binary COPY into temp tables; the net changes then land with a few
+set-based statements: one DELETE ... USING, one INSERT ... ON CONFLICT DO UPDATE that skips rows
+that did not change.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from psycopg import errors, sql
 
 from reverse_etl_assets.errors import TransientError
 from reverse_etl_assets.postgres import binary_copy, ddl, protection
-from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 
-STAGE_UPSERTS = "_retl_upserts"
-STAGE_DELETES = "_retl_deletes"
 # How long one try of ALTER TABLE waits for its lock; readers that arrive meanwhile queue behind
 # it at most this long.
 LOCK_TIMEOUT = "1s"
@@ -77,38 +76,7 @@ def add_column_statement(schema: str, table: str, column: PgColumn) -> sql.Compo
     )
 
 
-def apply_changes(
-    conn: psycopg.Connection,
-    *,
-    schema: str,
-    table: str,
-    columns: tuple[PgColumn, ...],
-    key: tuple[str, ...],
-    upserts: Iterable[pa.RecordBatch],
-    deletes: Iterable[pa.RecordBatch],
-    timeseries_key: str | None,
-) -> Applied:
-    """Stage and apply; the caller's transaction makes it atomic with the checkpoint."""
-    protection.refuse_foreign_triggers(conn, schema=schema, table=table, label=f"{schema}.{table}")
-    deleted = 0
-    if _stage(conn, STAGE_DELETES, key_columns(columns, key), deletes):
-        deleted = conn.execute(delete_statement(schema, table, key)).rowcount
-    inserted = updated = 0
-    if _stage(conn, STAGE_UPSERTS, columns, upserts):
-        names = tuple(c.name for c in columns)
-        counted = conn.execute(
-            sql.SQL(
-                "WITH written AS ({} RETURNING (t.xmax = 0) AS inserted) "
-                "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
-                "FROM written"
-            ).format(upsert_statement(schema, table, names, key, timeseries_key))
-        ).fetchone()
-        assert counted is not None
-        inserted, updated = int(counted[0]), int(counted[1])
-    return Applied(inserted=inserted, updated=updated, deleted=max(deleted, 0))
-
-
-def _stage(
+def stage_rows(
     conn: psycopg.Connection,
     name: str,
     columns: tuple[PgColumn, ...],
@@ -135,6 +103,38 @@ def _stage(
     return staged
 
 
+def apply_net(
+    conn: psycopg.Connection,
+    *,
+    schema: str,
+    table: str,
+    columns: tuple[PgColumn, ...],
+    key: tuple[str, ...],
+    net: str,
+    arriving: str,
+    timeseries_key: str | None,
+) -> Applied:
+    """Apply the net table `net` (a row per key; `arriving` false: delete the key) with one
+    DELETE and one upsert; the caller's transaction makes it atomic with the checkpoint."""
+    protection.refuse_foreign_triggers(conn, schema=schema, table=table, label=f"{schema}.{table}")
+    deleted = conn.execute(delete_statement(schema, table, key, net=net, arriving=arriving))
+    upserts = sql.SQL("(SELECT * FROM {} WHERE {}) AS s").format(
+        sql.Identifier(net), sql.Identifier(arriving)
+    )
+    names = tuple(c.name for c in columns)
+    counted = conn.execute(
+        sql.SQL(
+            "WITH written AS ({} RETURNING (t.xmax = 0) AS inserted) "
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
+            "FROM written"
+        ).format(upsert_statement(schema, table, names, key, timeseries_key, source=upserts))
+    ).fetchone()
+    assert counted is not None
+    return Applied(
+        inserted=int(counted[0]), updated=int(counted[1]), deleted=max(deleted.rowcount, 0)
+    )
+
+
 def delete_missing_statement(
     schema: str, table: str, source: sql.Composable, key: tuple[str, ...]
 ) -> sql.Composed:
@@ -145,11 +145,16 @@ def delete_missing_statement(
     ).format(t=ddl.qualified(schema, table), s=source, m=match)
 
 
-def delete_statement(schema: str, table: str, key: tuple[str, ...]) -> sql.Composed:
-    """DELETE the staged keys from the table."""
+def delete_statement(
+    schema: str, table: str, key: tuple[str, ...], *, net: str, arriving: str
+) -> sql.Composed:
+    """DELETE the keys of `net` whose `arriving` is false from the table."""
     match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
-    return sql.SQL("DELETE FROM {t} AS t USING {d} AS d WHERE {match}").format(
-        t=ddl.qualified(schema, table), d=sql.Identifier(STAGE_DELETES), match=match
+    return sql.SQL("DELETE FROM {t} AS t USING {d} AS d WHERE {match} AND NOT d.{arriving}").format(
+        t=ddl.qualified(schema, table),
+        d=sql.Identifier(net),
+        match=match,
+        arriving=sql.Identifier(arriving),
     )
 
 
@@ -160,12 +165,12 @@ def upsert_statement(
     key: tuple[str, ...],
     timeseries_key: str | None,
     *,
-    source: sql.Composable | None = None,
+    source: sql.Composable,
 ) -> sql.Composed:
-    """INSERT the staged rows (of `source`, by default the upserts stage); on a key conflict
+    """INSERT the rows of `source` (a staged table or an aliased subquery); on a key conflict
     update only rows whose values changed (and, with a timeseries_key, only with a row at least
     as recent)."""
-    staged = sql.Identifier(STAGE_UPSERTS) if source is None else source
+    staged = source
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     values = [c for c in columns if c not in key]
     if not values:

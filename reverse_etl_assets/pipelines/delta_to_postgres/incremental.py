@@ -7,21 +7,34 @@ out impossible to apply or a full copy is cheaper, a snapshot swap runs instead 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from reverse_etl_assets.delta.change_feed import read_changes
+import psycopg
+from psycopg import sql
+
+from reverse_etl_assets.delta.change_feed import stream_changes
 from reverse_etl_assets.delta.log import RangeUnavailable, read_commits
-from reverse_etl_assets.delta.reader import SourceSnapshot, open_source, read_rows_with_keys
+from reverse_etl_assets.delta.reader import (
+    BATCH_ROWS,
+    SourceSnapshot,
+    open_source,
+    read_rows_with_keys,
+)
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot
-from reverse_etl_assets.postgres import apply, catalog, protection, state
+from reverse_etl_assets.postgres import apply, catalog, change_stage, protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import TableState
-from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets.transform.changes import NetChanges, net_changes, resolve_latest
+from reverse_etl_assets.transform.changes import ChangePreparer
 from reverse_etl_assets.transform.cleaning import BatchPreparer
+
+# Memory the server may use to sort the staged range per key (the pipeline's own stays flat);
+# the 4 MB default spills the sort of a few hundred thousand changes to disk.
+NETTING_WORK_MEM = "64MB"
 
 
 class SchemaChangeError(DataError):
@@ -41,7 +54,6 @@ def land_incremental(
     transaction; a range that turns out unreadable or too large is swapped in as a snapshot."""
     started = time.monotonic()
     assert stored.last_synced_version is not None
-    last = stored.last_synced_version
 
     def full_refresh(reason: str) -> SyncResult:
         return load_snapshot(
@@ -49,44 +61,19 @@ def land_incremental(
         )
 
     try:
-        changes = read_changes(source.table, start=last + 1, end=source.version)
+        landed = _land_changes(table, dsn, stored, source, columns)
     except RangeUnavailable as exc:
-        return full_refresh(unreadable(last, source, exc))
-    net = net_changes(
-        changes,
-        key=table.primary_key,
-        columns=source.schema.names,
-        timeseries_key=table.timeseries_key,
-        table=table.name,
-    )
-    del changes  # the raw feed can be several times the net changes: free it before applying
-    rows = stored.rows or 0
-    if net.count and net.count > table.full_refresh_threshold * rows:
-        share = f"{net.count:,} changed keys > {table.full_refresh_threshold:.0%} of {rows:,} rows"
-        return full_refresh(f"{share}, a snapshot is cheaper")
-    if net.unresolved is not None:
-        assert table.timeseries_key is not None
-        # The range removed rows of a timeseries table: a key may fall back to an older row the
-        # feed does not carry. Its remaining rows are read from the source at V (only the
-        # touched keys; file statistics skip the rest), which writes only those keys; a snapshot
-        # swap would rewrite the whole table and its indexes for the same answer.
-        net = resolve_latest(
-            net,
-            read_rows_with_keys(source, net.unresolved),
-            key=table.primary_key,
-            timeseries_key=table.timeseries_key,
-            table=table.name,
-        )
-    skipped_null_keys = max(stored.skipped_null_keys + net.null_key_rows, 0)
-    new_rows = _apply(table, dsn, source, columns, net, stored, skipped_null_keys)
+        return full_refresh(unreadable(stored.last_synced_version, source, exc))
+    except _SnapshotCheaper as cheaper:
+        return full_refresh(str(cheaper))
     return SyncResult(
         name=table.name,
         mode=table.mode,
         path="incremental",
         version=source.version,
-        rows=new_rows,
-        changes=net.count,
-        skipped_null_keys=skipped_null_keys,
+        rows=landed.rows,
+        changes=landed.changes,
+        skipped_null_keys=landed.skipped_null_keys,
         seconds=time.monotonic() - started,
     )
 
@@ -111,47 +98,72 @@ def check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> No
             )
 
 
-def _apply(
+class _SnapshotCheaper(Exception):
+    """The staged range changes too many keys: roll it back and swap a snapshot in instead."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Landed:
+    rows: int
+    changes: int
+    skipped_null_keys: int
+
+
+def _land_changes(
     table: SyncedTable,
     dsn: str,
+    stored: TableState,
     source: SourceSnapshot,
     columns: tuple[PgColumn, ...],
-    net: NetChanges,
-    stored: TableState,
-    skipped_null_keys: int,
-) -> int:
-    preparer = BatchPreparer(
-        columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
-    )
-    upserts = preparer.stream(net.upserts.to_batches(max_chunksize=65_536))
-    # Delete keys follow the same rules as every value that reaches Postgres (NUL bytes).
-    key_preparer = BatchPreparer(
-        key_columns(columns, table.primary_key),
-        key=table.primary_key,
+) -> _Landed:
+    """Stream the range into a stage, net it, apply it and move the checkpoint: one transaction.
+
+    The feed is read to its end inside the transaction, batch by batch: a read error rolls back
+    everything staged, so Postgres stays at L; memory holds a few batches whatever the range.
+    """
+    assert stored.last_synced_version is not None
+    key = table.primary_key
+    preparer = ChangePreparer(
+        columns,
+        key=key,
         policy=table.on_invalid_characters,
         table=table.name,
+        keep_keys=table.timeseries_key is not None,
     )
-    deletes = key_preparer.stream(net.deletes.to_batches(max_chunksize=65_536))
+    feed = stream_changes(
+        source.table, start=stored.last_synced_version + 1, end=source.version, schema=source.schema
+    )
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
         protection.allow_pipeline_writes(conn)
         live = catalog.column_types(conn, schema, name)
         check_schema(table, live, columns)
+        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(NETTING_WORK_MEM)))
+        apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(feed))
+        changes = _net(conn, table, source, columns, preparer)
+        rows = stored.rows or 0
+        if changes and changes > table.full_refresh_threshold * rows:
+            share = (
+                f"{changes:,} changed keys > {table.full_refresh_threshold:.0%} of {rows:,} rows"
+            )
+            raise _SnapshotCheaper(f"{share}, a snapshot is cheaper")
         apply.add_columns(conn, schema, name, [c for c in columns if c.name not in live])
         if not protection.is_protected(conn, schema=schema, table=name):
             protection.protect_table(conn, schema=schema, table=name, source=table.source)
-        applied = apply.apply_changes(
-            conn,
-            schema=schema,
-            table=name,
-            columns=columns,
-            key=table.primary_key,
-            upserts=upserts,
-            deletes=deletes,
-            # Only appends compare timestamps; resolved keys are the source's latest row as is.
-            timeseries_key=table.timeseries_key if net.newer_only else None,
-        )
-        rows = (stored.rows or 0) + applied.inserted - applied.deleted
+        if changes:
+            applied = apply.apply_net(
+                conn,
+                schema=schema,
+                table=name,
+                columns=columns,
+                key=key,
+                net=change_stage.NET,
+                arriving=change_stage.ARRIVING,
+                # Only appends compare timestamps; resolved keys are the source's latest row as is.
+                timeseries_key=table.timeseries_key if preparer.leaving_rows == 0 else None,
+            )
+            rows += applied.inserted - applied.deleted
+        skipped_null_keys = max(stored.skipped_null_keys + preparer.null_key_rows, 0)
         state.save_checkpoint(
             conn,
             table,
@@ -162,7 +174,43 @@ def _apply(
             state=states.ONLINE_NO_PENDING_UPDATE,
             expected_version=stored.last_synced_version,
         )
-    return rows
+    return _Landed(rows=rows, changes=changes, skipped_null_keys=skipped_null_keys)
+
+
+def _net(
+    conn: psycopg.Connection,
+    table: SyncedTable,
+    source: SourceSnapshot,
+    columns: tuple[PgColumn, ...],
+    preparer: ChangePreparer,
+) -> int:
+    """Build the net table from the stage; return the keys it changes."""
+    key = table.primary_key
+    if table.timeseries_key is None:
+        return change_stage.net_last_changes(conn, key=key, columns=columns, table=table.name)
+    resolved = preparer.leaving_rows > 0
+    touched = preparer.touched_keys()
+    if resolved and touched is not None:
+        # The range removed rows of a timeseries table: a key may fall back to an older row the
+        # feed does not carry. The touched keys' rows are read from the source at V (file
+        # statistics skip the rest), which writes only those keys; a snapshot swap would
+        # rewrite the whole table and its indexes for the same answer.
+        remaining = read_rows_with_keys(source, touched)
+        rows = BatchPreparer(columns, key=key, policy=table.on_invalid_characters, table=table.name)
+        apply.stage_rows(
+            conn,
+            change_stage.REMAINING,
+            columns,
+            rows.stream(remaining.to_batches(max_chunksize=BATCH_ROWS)),
+        )
+    return change_stage.net_latest_rows(
+        conn,
+        key=key,
+        columns=columns,
+        timeseries_key=table.timeseries_key,
+        table=table.name,
+        resolved=resolved and touched is not None,
+    )
 
 
 def check_schema(table: SyncedTable, live: dict[str, str], columns: tuple[PgColumn, ...]) -> None:

@@ -1,0 +1,195 @@
+"""Net a staged Change Data Feed range to one change per key, in SQL, inside the caller's
+transaction (DESIGN §5 rule 3): the range never has to fit in the pipeline's memory.
+
+The stage holds the feed's rows (leaving rows with their key only) and its `_change_type` and
+`_commit_version`. The net table holds, per key, the row to upsert or the key to delete
+(`_retl_arriving` false). Without a `timeseries_key` the last change per key wins: the highest
+version, and inside a version the arriving row (deletes and preimages come first); two arriving
+rows for one key in one version are a duplicate key. With a `timeseries_key` the synced table
+holds the latest remaining row per key: a range that only adds rows keeps the latest new row
+per key (it replaces the stored row only when newer); a range that removes rows settles every
+touched key from the source's rows at the range's last version, staged by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reverse_etl_assets.delta.change_feed import (
+    CHANGE_TYPE,
+    COMMIT_VERSION,
+    INSERT,
+    UPDATE_POSTIMAGE,
+)
+from reverse_etl_assets.errors import DataError
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
+
+STAGE = "_retl_changes"
+REMAINING = "_retl_remaining"
+NET = "_retl_net"
+ARRIVING = "_retl_arriving"
+_NEWEST = "_retl_newest"
+
+
+def _is_arriving() -> sql.Composed:
+    return sql.SQL("{} IN ({}, {})").format(
+        sql.Identifier(CHANGE_TYPE), sql.Literal(INSERT), sql.Literal(UPDATE_POSTIMAGE)
+    )
+
+
+def _names(names: tuple[str, ...] | list[str], alias: str | None = None) -> sql.Composed:
+    if alias is None:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(alias, n) for n in names)
+
+
+def _match(key: tuple[str, ...], left: str, right: str) -> sql.Composed:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(left, k), sql.Identifier(right, k)) for k in key
+    )
+
+
+def last_change_statement(key: tuple[str, ...], columns: tuple[str, ...]) -> sql.Composed:
+    """CREATE the net table: the last change per key (by version; arriving after leaving)."""
+    return sql.SQL(
+        "CREATE TEMP TABLE {net} ON COMMIT DROP AS "
+        "SELECT DISTINCT ON ({key}) {cols}, {arriving} AS {arriving_name} FROM {stage} "
+        "ORDER BY {key}, {version} DESC, {arriving} DESC"
+    ).format(
+        net=sql.Identifier(NET),
+        key=_names(key),
+        cols=_names(columns),
+        arriving=_is_arriving(),
+        arriving_name=sql.Identifier(ARRIVING),
+        stage=sql.Identifier(STAGE),
+        version=sql.Identifier(COMMIT_VERSION),
+    )
+
+
+def duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
+    """Up to five (key, version) pairs that more than one arriving row shares, with the count."""
+    return sql.SQL(
+        "SELECT {key}, {version}, count(*) FROM {stage} WHERE {arriving} "
+        "GROUP BY {key}, {version} HAVING count(*) > 1 LIMIT 5"
+    ).format(
+        key=_names(key),
+        version=sql.Identifier(COMMIT_VERSION),
+        stage=sql.Identifier(STAGE),
+        arriving=_is_arriving(),
+    )
+
+
+def latest_rows_statement(
+    key: tuple[str, ...], columns: tuple[str, ...], timeseries_key: str, *, source: str
+) -> sql.Composed:
+    """CREATE the net table: the latest row per key by `timeseries_key` (NULLs last, as the
+    snapshot path ranks) among the rows of `source` (the stage, or the remaining rows of the
+    touched keys)."""
+    where: sql.Composable = sql.SQL("")
+    if source == REMAINING:
+        where = sql.SQL(" WHERE EXISTS (SELECT 1 FROM {stage} AS s WHERE {match})").format(
+            stage=sql.Identifier(STAGE), match=_match(key, "s", "c")
+        )
+    return sql.SQL(
+        "CREATE TEMP TABLE {net} ON COMMIT DROP AS "
+        "SELECT {cols}, true AS {arriving} FROM ("
+        "SELECT {all_cols}, max({ts}) OVER (PARTITION BY {key}) AS {newest} "
+        "FROM {source} AS c{where}) AS r "
+        "WHERE r.{ts} = r.{newest} OR r.{newest} IS NULL"
+    ).format(
+        net=sql.Identifier(NET),
+        cols=_names(columns),
+        arriving=sql.Identifier(ARRIVING),
+        all_cols=_names(columns, "c"),
+        ts=sql.Identifier(timeseries_key),
+        key=_names(key),
+        newest=sql.Identifier(_NEWEST),
+        source=sql.Identifier(source),
+        where=where,
+    )
+
+
+def gone_keys_statement(key: tuple[str, ...]) -> sql.Composed:
+    """INSERT into the net table, as deletes, the touched keys with no row left in the source."""
+    return sql.SQL(
+        "INSERT INTO {net} ({key}, {arriving}) SELECT DISTINCT {s_key}, false FROM {stage} AS s "
+        "WHERE NOT EXISTS (SELECT 1 FROM {remaining} AS r WHERE {match})"
+    ).format(
+        net=sql.Identifier(NET),
+        key=_names(key),
+        arriving=sql.Identifier(ARRIVING),
+        s_key=_names(key, "s"),
+        stage=sql.Identifier(STAGE),
+        remaining=sql.Identifier(REMAINING),
+        match=_match(key, "r", "s"),
+    )
+
+
+def ties_statement(key: tuple[str, ...]) -> sql.Composed:
+    """One key with more than one row in the net table (a tie on the latest timeseries value)."""
+    return sql.SQL("SELECT {key} FROM {net} GROUP BY {key} HAVING count(*) > 1 LIMIT 1").format(
+        key=_names(key), net=sql.Identifier(NET)
+    )
+
+
+def net_last_changes(
+    conn: psycopg.Connection,
+    *,
+    key: tuple[str, ...],
+    columns: tuple[PgColumn, ...],
+    table: str,
+) -> int:
+    """Build the net table from the stage (no `timeseries_key`); return the keys it holds.
+
+    Two arriving rows for one key in one version: a DataError (nothing was changed)."""
+    duplicated = conn.execute(duplicates_statement(key)).fetchall()
+    if duplicated:
+        samples = ", ".join(
+            f"{_sample(key, row)} x{row[-1]} in version {row[len(key)]}" for row in duplicated
+        )
+        raise DataError(
+            f"synced table {table!r}: duplicate primary key {list(key)} in the source, e.g. "
+            f"{samples}; declare a `timeseries_key` to keep the latest row per key, or fix the "
+            "source. Nothing was changed in Postgres"
+        )
+    return conn.execute(last_change_statement(key, _column_names(columns))).rowcount
+
+
+def net_latest_rows(
+    conn: psycopg.Connection,
+    *,
+    key: tuple[str, ...],
+    columns: tuple[PgColumn, ...],
+    timeseries_key: str,
+    table: str,
+    resolved: bool,
+) -> int:
+    """Build the net table of a timeseries table; return the keys it holds. `resolved`: the
+    range removed rows and the caller staged the touched keys' remaining rows in REMAINING
+    (their latest row is upserted, a key with none left is deleted); else the latest new row per
+    key of the stage."""
+    source = REMAINING if resolved else STAGE
+    count = conn.execute(
+        latest_rows_statement(key, _column_names(columns), timeseries_key, source=source)
+    ).rowcount
+    tie = conn.execute(ties_statement(key)).fetchone()
+    if tie is not None:
+        raise DataError(
+            f"synced table {table!r}: duplicate primary key {list(key)} in the source, e.g. "
+            f"{_sample(key, tie)}: rows with the same key share the latest timeseries_key value. "
+            "Nothing was changed in Postgres"
+        )
+    if resolved:
+        count += conn.execute(gone_keys_statement(key)).rowcount
+    return count
+
+
+def _column_names(columns: tuple[PgColumn, ...]) -> tuple[str, ...]:
+    return tuple(c.name for c in columns)
+
+
+def _sample(key: tuple[str, ...], row: tuple[Any, ...]) -> str:
+    return str({k: row[i] for i, k in enumerate(key)})
