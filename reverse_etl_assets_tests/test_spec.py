@@ -30,7 +30,7 @@ def test_defaults_and_resolved_source(tmp_path: Path) -> None:
     table = parse(tmp_path).synced_tables[0]
     assert table.mode == "snapshot"
     assert table.max_connections == 4
-    assert table.full_refresh_threshold == 0.1
+    assert table.full_refresh_threshold is None  # the cheaper path, from measured cost
     assert table.on_invalid_characters == "fail"
     assert table.source_uri == str(tmp_path / "lake" / "analytics" / "gold" / "users")
     assert (table.pg_schema, table.pg_table) == ("gold", "users_synced")

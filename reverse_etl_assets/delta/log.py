@@ -31,6 +31,11 @@ class Commit:
     operation: str
     data_change: bool
     metadata: dict[str, Any] | None = field(default=None, hash=False)
+    # Rows the commit inserted, updated or deleted, from its operation metrics (None when the
+    # writer recorded none this code knows).
+    changed_rows: int | None = None
+    # Bytes of the data and change files it added or removed (dataChange only).
+    changed_bytes: int = 0
 
     @property
     def cdf_enabled(self) -> bool | None:
@@ -88,11 +93,62 @@ def read_commits(
     return commits
 
 
+def estimate_changed_rows(commits: list[Commit], *, bytes_per_row: float) -> int:
+    """An estimate (an upper bound, mostly) of the rows a range of commits changed, without
+    reading data: the commits' operation metrics, else their files' bytes over `bytes_per_row`.
+
+    A key changed in several commits counts once per commit, and an overwrite counts the rows it
+    removed and the rows it wrote."""
+    total = 0
+    for commit in commits:
+        if not commit.data_change:
+            continue
+        if commit.changed_rows is not None:
+            total += commit.changed_rows
+        else:
+            total += round(commit.changed_bytes / max(bytes_per_row, 1.0))
+    return total
+
+
+# Operation metrics that count changed rows, as delta-rs (snake_case) and Spark (camelCase) name
+# them, compared without underscores and case: UPDATE, DELETE, MERGE, and WRITE (appends).
+_CHANGE_METRICS = (
+    "numupdatedrows",
+    "numdeletedrows",
+    "numtargetrowsinserted",
+    "numtargetrowsupdated",
+    "numtargetrowsdeleted",
+)
+_WRITTEN_METRICS = ("numaddedrows", "numoutputrows")
+
+
+def _changed_rows(metrics: dict[str, Any], *, removed_bytes: int, added_bytes: int) -> int | None:
+    found = {k.replace("_", "").lower(): v for k, v in metrics.items()}
+    try:
+        changes = [int(found[name]) for name in _CHANGE_METRICS if name in found]
+        if changes:
+            return sum(changes)
+        written = next((int(found[n]) for n in _WRITTEN_METRICS if n in found), None)
+    except (TypeError, ValueError):
+        return None
+    if written is None:
+        return None
+    if removed_bytes:
+        # An overwrite: it also removed the rows of the files it replaced, as many as their
+        # bytes hold at the written files' density.
+        if not added_bytes:
+            return None
+        written += round(written * removed_bytes / added_bytes)
+    return written
+
+
 def _summarize(version: int, text: str) -> Commit:
     timestamp: int | None = None
     operation = ""
     data_change = False
     metadata: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+    added = removed = cdc = 0
     for line in text.splitlines():
         if not line.strip():
             continue
@@ -101,18 +157,27 @@ def _summarize(version: int, text: str) -> Commit:
             info = action["commitInfo"]
             timestamp = info.get("timestamp")
             operation = info.get("operation", "")
+            metrics = info.get("operationMetrics") or {}
         elif "metaData" in action:
             metadata = action["metaData"]
         elif "cdc" in action:
             data_change = True
-        else:
-            for kind in ("add", "remove"):
-                if kind in action and action[kind].get("dataChange", True):
-                    data_change = True
+            cdc += int(action["cdc"].get("size") or 0)
+        elif "add" in action and action["add"].get("dataChange", True):
+            data_change = True
+            added += int(action["add"].get("size") or 0)
+        elif "remove" in action and action["remove"].get("dataChange", True):
+            data_change = True
+            removed += int(action["remove"].get("size") or 0)
     return Commit(
         version=version,
         timestamp_ms=timestamp,
         operation=operation,
         data_change=data_change,
         metadata=metadata,
+        changed_rows=_changed_rows(metrics, removed_bytes=removed, added_bytes=added)
+        if data_change
+        else 0,
+        # With change files, they hold exactly the changed rows; else every file added or removed.
+        changed_bytes=cdc or added + removed,
     )

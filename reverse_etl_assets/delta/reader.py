@@ -42,6 +42,11 @@ class SourceSnapshot:
             return None
         return int(pc.sum(counts).as_py() or 0)
 
+    def size_bytes(self) -> int:
+        """Bytes of the version's data files, from the log (no data read)."""
+        actions = pa.table(self.table.get_add_actions(flatten=True))
+        return int(pc.sum(actions.column("size_bytes")).as_py() or 0)
+
 
 def open_source(
     uri: str, *, storage_options: dict[str, str], version: int | None = None

@@ -64,6 +64,8 @@ def sync_metadata(
         facts[md.MESSAGE] = status.message
     if result.reason:
         facts[md.REASON] = result.reason
+    if result.estimates:
+        facts[md.ESTIMATED_SECONDS] = dict(result.estimates)
     return {k: v for k, v in facts.items() if v is not None}
 
 

@@ -18,6 +18,7 @@ MESSAGE = "reverse_etl/message"
 POSTGRES_TABLE = "reverse_etl/postgres_table"
 CHANGES = "reverse_etl/changed_keys"
 REASON = "reverse_etl/reason"
+ESTIMATED_SECONDS = "reverse_etl/estimated_seconds"  # {"snapshot": s, "incremental": s}
 LAG_VERSIONS = "reverse_etl/lag_versions"
 
 # Dagster's standard table metadata (dagster/row_count, dagster/table_name,

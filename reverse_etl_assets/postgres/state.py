@@ -35,13 +35,24 @@ _CREATE = sql.SQL(
         updated_at timestamptz NOT NULL DEFAULT now(),
         heartbeat_at timestamptz,
         follower_pid integer,
-        follower_host text
+        follower_host text,
+        snapshot_rows_per_second double precision,
+        incremental_changes_per_second double precision
     )
     """
 ).format(t=sql.Identifier(STATE_SCHEMA, STATE_TABLE))
 
 # Columns added after the first release; older state tables gain them on first use.
-_ADDED_COLUMNS = {"heartbeat_at": "timestamptz", "follower_pid": "integer", "follower_host": "text"}
+_ADDED_COLUMNS = {
+    "heartbeat_at": "timestamptz",
+    "follower_pid": "integer",
+    "follower_host": "text",
+    "snapshot_rows_per_second": "double precision",
+    "incremental_changes_per_second": "double precision",
+}
+# How long adding them may wait for the state table's lock (a long reader of the state table
+# makes the sync retry later rather than queue every other sync behind it).
+ADD_COLUMNS_LOCK_TIMEOUT = "2s"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +74,10 @@ class TableState:
     heartbeat_at: datetime | None = None
     follower_pid: int | None = None
     follower_host: str | None = None
+    # The rates this table's own syncs reached (moving averages), what the cheaper path is
+    # estimated from; None until a large enough sync of that path measured one.
+    snapshot_rows_per_second: float | None = None
+    incremental_changes_per_second: float | None = None
     # The database's clock when the row was read, to age the heartbeat without clock skew.
     read_at: datetime | None = None
 
@@ -77,6 +92,9 @@ def ensure_state_table(conn: psycopg.Connection) -> None:
         present = set(catalog.column_types(conn, STATE_SCHEMA, STATE_TABLE))
         missing = [name for name in _ADDED_COLUMNS if name not in present]
         if missing:
+            cur.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(ADD_COLUMNS_LOCK_TIMEOUT))
+            )
             cur.execute(add_columns_statement(missing))
 
 
@@ -138,16 +156,19 @@ def save_checkpoint(
     state: str,
     message: str = "",
     expected_version: int | None = None,
+    snapshot_rows_per_second: float | None = None,
+    incremental_changes_per_second: float | None = None,
 ) -> None:
     """Record that `name` now equals its source at `version` (run inside the data transaction).
 
     With `expected_version`, the checkpoint must still be that version: a sync that lost its
-    lock never overwrites what another one applied meanwhile (its transaction rolls back).
+    lock never overwrites what another one applied meanwhile (its transaction rolls back). A
+    rate left None keeps the stored one.
     """
     name = table.name
     params: list[object] = [name, table.source, table.mode, table_id, version, rows]
     params.append(skipped_null_keys)
-    params += [state, message]
+    params += [state, message, snapshot_rows_per_second, incremental_changes_per_second]
     guard = sql.SQL("")
     if expected_version is not None:
         guard = sql.SQL(" WHERE s.last_synced_version = %s")
@@ -156,13 +177,19 @@ def save_checkpoint(
         sql.SQL(
             """
             INSERT INTO {t} AS s (name, source, mode, table_id, last_synced_version,
-                last_sync_time, rows, skipped_null_keys, state, message, updated_at)
-            VALUES (%s, %s, %s, %s, %s, now(), %s, %s, %s, %s, now())
+                last_sync_time, rows, skipped_null_keys, state, message, updated_at,
+                snapshot_rows_per_second, incremental_changes_per_second)
+            VALUES (%s, %s, %s, %s, %s, now(), %s, %s, %s, %s, now(), %s, %s)
             ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, mode = EXCLUDED.mode,
                 table_id = EXCLUDED.table_id, last_synced_version = EXCLUDED.last_synced_version,
                 last_sync_time = EXCLUDED.last_sync_time, rows = EXCLUDED.rows,
                 skipped_null_keys = EXCLUDED.skipped_null_keys, state = EXCLUDED.state,
-                message = EXCLUDED.message, updated_at = EXCLUDED.updated_at{guard}
+                message = EXCLUDED.message, updated_at = EXCLUDED.updated_at,
+                snapshot_rows_per_second =
+                    coalesce(EXCLUDED.snapshot_rows_per_second, s.snapshot_rows_per_second),
+                incremental_changes_per_second = coalesce(
+                    EXCLUDED.incremental_changes_per_second, s.incremental_changes_per_second
+                ){guard}
             """
         ).format(t=sql.Identifier(STATE_SCHEMA, STATE_TABLE), guard=guard),
         params,

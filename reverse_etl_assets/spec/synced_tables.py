@@ -62,7 +62,9 @@ class SyncedTable:
     timeseries_key: str | None = None
     indexes: tuple[tuple[str, ...], ...] = ()
     on_invalid_characters: InvalidCharacters = "fail"
-    full_refresh_threshold: float = 0.1
+    # Unset: the sync takes whichever path (increment or snapshot swap) is estimated cheaper
+    # from the measured cost; set: above this share of rows changed, a snapshot swap.
+    full_refresh_threshold: float | None = None
     max_connections: int = 4
     readers: tuple[str, ...] = ()
     storage_options: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -181,9 +183,11 @@ def parse_synced_table(entry: Any, index: int, *, lake_root: str, path: Path) ->
         raise SpecError(
             f"{where}: `on_invalid_characters` must be fail or strip, got {on_invalid!r}"
         )
-    threshold = number(entry, "full_refresh_threshold", 0.1, where)
-    if not 0 <= threshold <= 1:
-        raise SpecError(f"{where}: `full_refresh_threshold` must be between 0 and 1")
+    threshold: float | None = None
+    if entry.get("full_refresh_threshold") is not None:
+        threshold = number(entry, "full_refresh_threshold", 0.0, where)
+        if not 0 <= threshold <= 1:
+            raise SpecError(f"{where}: `full_refresh_threshold` must be between 0 and 1")
     poll = number(entry, "poll_interval_seconds", 1.0, where)
     if poll <= 0:
         raise SpecError(f"{where}: `poll_interval_seconds` must be positive")

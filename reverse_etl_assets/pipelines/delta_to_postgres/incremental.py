@@ -7,13 +7,14 @@ out impossible to apply or a full copy is cheaper, a snapshot swap runs instead 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from reverse_etl_assets.delta.change_feed import stream_changes
-from reverse_etl_assets.delta.log import RangeUnavailable, read_commits
+from reverse_etl_assets.delta.log import Commit, RangeUnavailable, read_commits
 from reverse_etl_assets.delta.reader import (
     BATCH_ROWS,
     SourceSnapshot,
@@ -21,7 +22,7 @@ from reverse_etl_assets.delta.reader import (
     read_rows_with_keys,
 )
 from reverse_etl_assets.errors import DataError
-from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres import cost, states
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot
 from reverse_etl_assets.postgres import apply, catalog, change_stage, protection, state
@@ -48,20 +49,46 @@ def land_incremental(
     source: SourceSnapshot,
     columns: tuple[PgColumn, ...],
     *,
+    reason: str = "",
+    estimates: dict[str, float] | None = None,
+    changed_rows: int | None = None,
     on_progress: Progress | None = None,
 ) -> SyncResult:
     """Apply versions L+1..V (L: the checkpoint in `stored`, V: the pinned `source`) in one
-    transaction; a range that turns out unreadable or too large is swapped in as a snapshot."""
+    transaction; a range that turns out unreadable or too large is swapped in as a snapshot.
+
+    `reason` and `estimates` say why the plan chose the increment; `changed_rows` (the Delta
+    log's count for the range) measures the rate this landing reaches."""
     started = time.monotonic()
     assert stored.last_synced_version is not None
 
-    def full_refresh(reason: str) -> SyncResult:
+    def full_refresh(why: str) -> SyncResult:
         return load_snapshot(
-            table, dsn, source, columns, reason=f"full refresh: {reason}", on_progress=on_progress
+            table,
+            dsn,
+            source,
+            columns,
+            reason=f"full refresh: {why}",
+            on_progress=on_progress,
+            estimates=estimates,
+            rate=stored.snapshot_rows_per_second,
         )
 
     try:
-        landed = _land_changes(table, dsn, stored, source, columns)
+        landed = _land_changes(
+            table,
+            dsn,
+            stored,
+            source,
+            columns,
+            message=reason,
+            rate=lambda: cost.learned_rate(
+                stored.incremental_changes_per_second,
+                units=changed_rows,
+                seconds=time.monotonic() - started,
+                fixed=cost.INCREMENTAL_FIXED_SECONDS,
+            ),
+        )
     except RangeUnavailable as exc:
         return full_refresh(unreadable(stored.last_synced_version, source, exc))
     except _SnapshotCheaper as cheaper:
@@ -75,6 +102,8 @@ def land_incremental(
         changes=landed.changes,
         skipped_null_keys=landed.skipped_null_keys,
         seconds=time.monotonic() - started,
+        reason=reason,
+        estimates=estimates or {},
     )
 
 
@@ -83,8 +112,8 @@ def unreadable(last: int, source: SourceSnapshot, exc: RangeUnavailable) -> str:
     return f"versions {last + 1}..{source.version} cannot be read ({exc})"
 
 
-def check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> None:
-    """Every version of the range has its commit and the Change Data Feed on."""
+def check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> list[Commit]:
+    """Every version of the range has its commit and the Change Data Feed on; its commits."""
     commits = read_commits(
         source.uri, storage_options=table.storage_options, start=start, end=source.version
     )
@@ -96,6 +125,7 @@ def check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> No
             raise RangeUnavailable(
                 f"the Change Data Feed was turned off at version {commit.version}"
             )
+    return commits
 
 
 class _SnapshotCheaper(Exception):
@@ -115,8 +145,12 @@ def _land_changes(
     stored: TableState,
     source: SourceSnapshot,
     columns: tuple[PgColumn, ...],
+    *,
+    message: str,
+    rate: Callable[[], float | None],
 ) -> _Landed:
-    """Stream the range into a stage, net it, apply it and move the checkpoint: one transaction.
+    """Stream the range into a stage, net it, apply it and move the checkpoint (with `message`
+    and the increment `rate()` returns): one transaction.
 
     The feed is read to its end inside the transaction, batch by batch: a read error rolls back
     everything staged, so Postgres stays at L; memory holds a few batches whatever the range.
@@ -142,10 +176,9 @@ def _land_changes(
         apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(feed))
         changes = _net(conn, table, source, columns, preparer)
         rows = stored.rows or 0
-        if changes and changes > table.full_refresh_threshold * rows:
-            share = (
-                f"{changes:,} changed keys > {table.full_refresh_threshold:.0%} of {rows:,} rows"
-            )
+        threshold = table.full_refresh_threshold  # set: the spec's share rule, on exact keys
+        if threshold is not None and changes and changes > threshold * rows:
+            share = f"{changes:,} changed keys > {threshold:.0%} of {rows:,} rows"
             raise _SnapshotCheaper(f"{share}, a snapshot is cheaper")
         apply.add_columns(conn, schema, name, [c for c in columns if c.name not in live])
         if not protection.is_protected(conn, schema=schema, table=name):
@@ -172,7 +205,9 @@ def _land_changes(
             rows=rows,
             skipped_null_keys=skipped_null_keys,
             state=states.ONLINE_NO_PENDING_UPDATE,
+            message=message,
             expected_version=stored.last_synced_version,
+            incremental_changes_per_second=rate(),
         )
     return _Landed(rows=rows, changes=changes, skipped_null_keys=skipped_null_keys)
 

@@ -6,13 +6,13 @@ the path; the data itself is read only when the plan lands (`run.land_sync`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
-from reverse_etl_assets.delta.log import RangeUnavailable
+from reverse_etl_assets.delta.log import Commit, RangeUnavailable, estimate_changed_rows
 from reverse_etl_assets.delta.reader import SourceSnapshot, open_source
-from reverse_etl_assets.pipelines.delta_to_postgres import incremental
+from reverse_etl_assets.pipelines.delta_to_postgres import cost, incremental
 from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_readers, check_source
 from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import record_failure
 from reverse_etl_assets.postgres import catalog, state
@@ -49,6 +49,10 @@ class SyncPlan:
     source: SourceSnapshot
     columns: tuple[PgColumn, ...]
     full_refresh: bool = False
+    # For an increment's range: both paths' estimated seconds, and the changed rows the Delta
+    # log reports (what the increment's rate is measured in).
+    estimates: dict[str, float] = field(default_factory=dict)
+    changed_rows: int | None = None
 
     @property
     def version(self) -> int:
@@ -85,7 +89,7 @@ def plan_with(
     source = open_source(table.source_uri, storage_options=table.storage_options)
     columns = check_source(table, source)
 
-    def plan(path: str, reason: str = "") -> SyncPlan:
+    def plan(path: str, reason: str = "", estimate: cost.Estimate | None = None) -> SyncPlan:
         return SyncPlan(
             table=table,
             path=path,
@@ -95,6 +99,8 @@ def plan_with(
             source=source,
             columns=columns,
             full_refresh=full_refresh,
+            estimates=estimate.as_dict() if estimate else {},
+            changed_rows=estimate.changed_rows if estimate else None,
         )
 
     if start is None:
@@ -117,10 +123,30 @@ def plan_with(
         table, catalog.column_types(conn, table.pg_schema, table.pg_table), columns
     )
     try:
-        incremental.check_range(table, source, start=start.version + 1)
+        commits = incremental.check_range(table, source, start=start.version + 1)
     except RangeUnavailable as exc:
         return plan(SNAPSHOT, f"full refresh: {incremental.unreadable(start.version, source, exc)}")
-    return plan(INCREMENTAL)
+    estimate = _estimate(stored, source, commits)
+    if table.full_refresh_threshold is not None:
+        # The spec's share rule: decided on the exact changed keys, once the range is netted.
+        return plan(INCREMENTAL, estimate=estimate)
+    if estimate.cheaper == cost.SNAPSHOT:
+        return plan(SNAPSHOT, f"full refresh: {estimate.describe()}", estimate)
+    return plan(INCREMENTAL, estimate.describe(), estimate)
+
+
+def _estimate(
+    stored: TableState | None, source: SourceSnapshot, commits: list[Commit]
+) -> cost.Estimate:
+    """Both paths' cost for the range of `commits`, sized from the Delta log alone."""
+    source_rows = source.rows()
+    if source_rows is None:
+        source_rows = (stored.rows if stored is not None else None) or 0
+    bytes_per_row = 1.0
+    if source_rows and any(c.data_change and c.changed_rows is None for c in commits):
+        bytes_per_row = source.size_bytes() / source_rows
+    changed = estimate_changed_rows(commits, bytes_per_row=bytes_per_row)
+    return cost.estimate(stored, changed_rows=changed, source_rows=source_rows)
 
 
 def checkpoint_of(stored: TableState | None) -> Checkpoint | None:

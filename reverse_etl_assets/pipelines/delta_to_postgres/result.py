@@ -6,7 +6,7 @@ Status, logs, the CLI and the Dagster metadata all read these.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Progress = Callable[[int, int | None], None]
 
@@ -24,6 +24,8 @@ class SyncResult:
     seconds: float
     changes: int = 0
     reason: str = ""
+    # Seconds each path was estimated to take ("snapshot", "incremental"), when both were weighed.
+    estimates: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:

@@ -113,14 +113,29 @@ def _land(
     if plan.path == INCREMENTAL:
         assert stored is not None
         return land_incremental(
-            table, dsn, stored, plan.source, plan.columns, on_progress=on_progress
+            table,
+            dsn,
+            stored,
+            plan.source,
+            plan.columns,
+            reason=plan.reason,
+            estimates=plan.estimates,
+            changed_rows=plan.changed_rows,
+            on_progress=on_progress,
         )
     if plan.initial:
         state.record_state(
             conn, table, state=states.PROVISIONING_INITIAL_SNAPSHOT, message="initial snapshot"
         )
     return load_snapshot(
-        table, dsn, plan.source, plan.columns, reason=plan.reason, on_progress=on_progress
+        table,
+        dsn,
+        plan.source,
+        plan.columns,
+        reason=plan.reason,
+        on_progress=on_progress,
+        estimates=plan.estimates,
+        rate=stored.snapshot_rows_per_second if stored is not None else None,
     )
 
 

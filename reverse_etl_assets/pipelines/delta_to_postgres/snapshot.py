@@ -10,7 +10,7 @@ import time
 import psycopg
 
 from reverse_etl_assets.delta.reader import SourceSnapshot, read_batches
-from reverse_etl_assets.pipelines.delta_to_postgres import states
+from reverse_etl_assets.pipelines.delta_to_postgres import cost, states
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.postgres import protection, state
 from reverse_etl_assets.postgres.state import TableState
@@ -32,8 +32,11 @@ def load_snapshot(
     *,
     reason: str = "",
     on_progress: Progress | None = None,
+    estimates: dict[str, float] | None = None,
+    rate: float | None = None,
 ) -> SyncResult:
-    """Load `source` (pinned) into the synced table and write the checkpoint in the swap."""
+    """Load `source` (pinned) into the synced table and write the checkpoint in the swap, with
+    the snapshot rate (`rate`: the table's so far) updated by this load's."""
     started = time.monotonic()
     expected = source.rows()
     preparer = BatchPreparer(
@@ -53,6 +56,12 @@ def load_snapshot(
             skipped_null_keys=preparer.skipped_null_keys,
             state=states.ONLINE_NO_PENDING_UPDATE,
             message=reason,
+            snapshot_rows_per_second=cost.learned_rate(
+                rate,
+                units=rows,
+                seconds=time.monotonic() - started,
+                fixed=cost.SNAPSHOT_FIXED_SECONDS,
+            ),
         )
 
     rows = replace_table(
@@ -83,6 +92,7 @@ def load_snapshot(
         skipped_null_keys=preparer.skipped_null_keys,
         seconds=time.monotonic() - started,
         reason=reason,
+        estimates=estimates or {},
     )
 
 
