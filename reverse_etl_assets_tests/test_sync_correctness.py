@@ -268,3 +268,21 @@ def test_the_follower_lands_key_changes_and_timeseries_deletes(tmp_path: Path, p
     follow_table(table, pg_dsn, max_seconds=1.5, on_sync=landed.append)
     assert [r.path for r in landed] == ["incremental"]
     assert synced_events(pg_dsn) == latest_per_key(src) == [(2, 1, "b1"), (1001, 1, "a1")]
+
+
+def test_a_nul_byte_fails_only_in_a_row_to_write(tmp_path: Path, pg_dsn: str) -> None:
+    src = tmp_path / "src"
+    write_delta(src, items(range(20)))
+    table = triggered(tmp_path, src)
+    sync_table(table, pg_dsn)
+    # A value with a NUL byte that a later version of the range replaces never reaches Postgres.
+    write_delta(src, pa.table({"id": pa.array([50], pa.int64()), "v": ["x\x00y"]}))
+    DeltaTable(str(src)).update(updates={"v": "'clean'"}, predicate="id = 50")
+    assert sync_table(table, pg_dsn).path == "incremental"
+    assert postgres_rows(pg_dsn)[-1] == (50, "clean")
+    # One that would be written fails the sync, naming column and key; nothing changes.
+    write_delta(src, pa.table({"id": pa.array([51, 52], pa.int64()), "v": ["a\x00", "ok"]}))
+    with pytest.raises(DataError, match=r"column 'v' holds a NUL byte .* key \{'id': 51\}"):
+        sync_table(table, pg_dsn)
+    assert stored(pg_dsn).last_synced_version == 2
+    assert postgres_rows(pg_dsn)[-1] == (50, "clean")

@@ -26,6 +26,7 @@ from reverse_etl_assets.delta.change_feed import (
 )
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
+from reverse_etl_assets.transform.changes import INVALID
 
 STAGE = "_retl_changes"
 REMAINING = "_retl_remaining"
@@ -128,6 +129,13 @@ def gone_keys_statement(key: tuple[str, ...]) -> sql.Composed:
     )
 
 
+def invalid_characters_statement(key: tuple[str, ...]) -> sql.Composed:
+    """One row of the net table that held a NUL byte (stripped when staged), and how many."""
+    return sql.SQL(
+        "SELECT {key}, {invalid}, count(*) OVER () FROM {net} WHERE {invalid} IS NOT NULL LIMIT 1"
+    ).format(key=_names(key), invalid=sql.Identifier(INVALID), net=sql.Identifier(NET))
+
+
 def ties_statement(key: tuple[str, ...]) -> sql.Composed:
     """One key with more than one row in the net table (a tie on the latest timeseries value)."""
     return sql.SQL("SELECT {key} FROM {net} GROUP BY {key} HAVING count(*) > 1 LIMIT 1").format(
@@ -156,6 +164,21 @@ def net_last_changes(
             "source. Nothing was changed in Postgres"
         )
     return conn.execute(last_change_statement(key, _column_names(columns))).rowcount
+
+
+def refuse_invalid_characters(
+    conn: psycopg.Connection, *, key: tuple[str, ...], table: str
+) -> None:
+    """Under `on_invalid_characters: fail`: a DataError when a row to write held a NUL byte."""
+    found = conn.execute(invalid_characters_statement(key)).fetchone()
+    if found is None:
+        return
+    column, count = found[len(key)], found[len(key) + 1]
+    raise DataError(
+        f"synced table {table!r}: column {column!r} holds a NUL byte (0x00) in {count} row(s) "
+        f"to write, e.g. key {_sample(key, found)}; Postgres text cannot store it. Clean the "
+        "source, or set `on_invalid_characters: strip` to remove NUL bytes"
+    )
 
 
 def net_latest_rows(
@@ -188,7 +211,8 @@ def net_latest_rows(
 
 
 def _column_names(columns: tuple[PgColumn, ...]) -> tuple[str, ...]:
-    return tuple(c.name for c in columns)
+    """The source's columns and the NUL-byte marker: what the net table keeps of a row."""
+    return (*(c.name for c in columns), INVALID)
 
 
 def _sample(key: tuple[str, ...], row: tuple[Any, ...]) -> str:

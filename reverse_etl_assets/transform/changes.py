@@ -4,7 +4,9 @@ Rows that leave the table (deletes and update preimages) matter only by their ke
 staged with their key alone; rows that arrive (inserts and update postimages) whole. Rows with a
 NULL key are never synced: they are dropped here and counted (rows arriving minus rows leaving).
 Which change per key wins is decided in Postgres over the whole staged range
-(`postgres.change_stage`).
+(`postgres.change_stage`), so NUL bytes are judged there too: under `on_invalid_characters: fail`
+a row is staged stripped, marked with the column that held one, and fails the sync only if it is
+one that would be written (a value a later version replaced never reaches Postgres).
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from reverse_etl_assets.delta.change_feed import (
     DELETE,
     UPDATE_PREIMAGE,
 )
-from reverse_etl_assets.schema.delta_to_postgres import PgColumn
-from reverse_etl_assets.transform.cleaning import BatchPreparer
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, to_wire
+from reverse_etl_assets.transform.cleaning import (
+    apply_invalid_characters,
+    columns_with_nul,
+    drop_null_keys,
+)
 
 # Change types of rows that leave the table; the others arrive.
 LEAVING = (DELETE, UPDATE_PREIMAGE)
@@ -30,6 +36,9 @@ CHANGE_COLUMNS = (
     PgColumn(name=CHANGE_TYPE, ddl="text", wire="text"),
     PgColumn(name=COMMIT_VERSION, ddl="bigint", wire="plain"),
 )
+# Staged last: the column whose NUL byte was stripped from the row (NULL: none).
+INVALID = "_retl_invalid"
+INVALID_COLUMN = PgColumn(name=INVALID, ddl="text", wire="text")
 
 
 class ChangePreparer:
@@ -45,9 +54,13 @@ class ChangePreparer:
         table: str,
         keep_keys: bool = False,
     ) -> None:
-        self.columns = (*columns, *CHANGE_COLUMNS)
+        self.source_columns = columns
+        # The stage of the feed's rows, and of source rows (`rows`).
+        self.columns = (*columns, *CHANGE_COLUMNS, INVALID_COLUMN)
+        self.row_columns = (*columns, INVALID_COLUMN)
         self.key = key
-        self.rows = BatchPreparer(self.columns, key=key, policy=policy, table=table)
+        self.policy = policy
+        self.table = table
         # With `keep_keys`, the key columns of every (non-NULL-key) row, for a caller that must
         # look the touched keys up in the source (a timeseries range that removed rows).
         self.keep_keys = keep_keys
@@ -70,15 +83,37 @@ class ChangePreparer:
         gone = _count(leaving)
         self.leaving_rows += gone
         self.staged_rows += batch.num_rows
+        feed_columns = self.columns[:-1]
         if gone < batch.num_rows:
-            yield self.rows.prepare(batch.filter(pc.invert(leaving)) if gone else batch)
+            arriving = batch.filter(pc.invert(leaving)) if gone else batch
+            yield self._wire(arriving, feed_columns)
         if gone:
-            yield self.rows.prepare(_keys_only(batch.filter(leaving), self.key))
+            yield self._wire(_keys_only(batch.filter(leaving), self.key), feed_columns)
 
     def stream(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Every feed batch of `batches`, prepared, lazily."""
         for batch in batches:
             yield from self.prepare(batch)
+
+    def rows(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Source rows (the source's columns only), prepared for a stage of `row_columns`."""
+        for batch in batches:
+            kept, _ = drop_null_keys(batch, self.key)
+            yield self._wire(kept, self.source_columns)
+
+    def _wire(self, batch: pa.RecordBatch, columns: tuple[PgColumn, ...]) -> pa.RecordBatch:
+        """Converted for the encoder, NUL bytes stripped and the INVALID marker appended."""
+        wire = to_wire(batch, columns)
+        marker = columns_with_nul(wire, columns)
+        if marker.null_count < len(marker):
+            wire = apply_invalid_characters(
+                wire, columns, policy="strip", table=self.table, key=self.key
+            )
+            if self.policy != "fail":
+                marker = pa.nulls(len(marker), pa.string())
+        return pa.RecordBatch.from_arrays(
+            [*wire.columns, marker], names=[*wire.schema.names, INVALID]
+        )
 
     def touched_keys(self) -> pa.Table | None:
         """The key columns of every staged row (with `keep_keys`; None when none was staged)."""

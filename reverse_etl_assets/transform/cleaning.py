@@ -70,6 +70,22 @@ def apply_invalid_characters(
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
+def columns_with_nul(batch: pa.RecordBatch, columns: tuple[PgColumn, ...]) -> pa.Array:
+    """Per row of a wire batch: the name of its first text or JSON column holding a NUL byte,
+    else NULL (to judge later, when only some of the rows will be written)."""
+    found = pa.nulls(batch.num_rows, pa.string())
+    for column, array in reversed(list(zip(columns, batch.columns, strict=True))):
+        if column.wire not in ("text", "json"):
+            continue
+        if column.wire == "json":
+            hits = pc.match_substring_regex(array, _JSON_NUL)
+        else:
+            hits = pc.match_substring(array, "\x00")
+        if pc.any(hits).as_py():
+            found = pc.if_else(pc.fill_null(hits, False), column.name, found)
+    return found
+
+
 def _strip(array: pa.Array, *, json: bool) -> pa.Array:
     if not json:
         return pc.replace_substring(array, "\x00", "")

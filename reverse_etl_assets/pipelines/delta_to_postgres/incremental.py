@@ -31,7 +31,6 @@ from reverse_etl_assets.postgres.state import TableState
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.changes import ChangePreparer
-from reverse_etl_assets.transform.cleaning import BatchPreparer
 
 # Memory the server may use to sort the staged range per key (the pipeline's own stays flat);
 # the 4 MB default spills the sort of a few hundred thousand changes to disk.
@@ -175,6 +174,8 @@ def _land_changes(
         conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(NETTING_WORK_MEM)))
         apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(feed))
         changes = _net(conn, table, source, columns, preparer)
+        if table.on_invalid_characters == "fail":
+            change_stage.refuse_invalid_characters(conn, key=key, table=table.name)
         rows = stored.rows or 0
         threshold = table.full_refresh_threshold  # set: the spec's share rule, on exact keys
         if threshold is not None and changes and changes > threshold * rows:
@@ -231,12 +232,11 @@ def _net(
         # statistics skip the rest), which writes only those keys; a snapshot swap would
         # rewrite the whole table and its indexes for the same answer.
         remaining = read_rows_with_keys(source, touched)
-        rows = BatchPreparer(columns, key=key, policy=table.on_invalid_characters, table=table.name)
         apply.stage_rows(
             conn,
             change_stage.REMAINING,
-            columns,
-            rows.stream(remaining.to_batches(max_chunksize=BATCH_ROWS)),
+            preparer.row_columns,
+            preparer.rows(remaining.to_batches(max_chunksize=BATCH_ROWS)),
         )
     return change_stage.net_latest_rows(
         conn,
