@@ -103,6 +103,9 @@ def stage_rows(
     return staged
 
 
+GONE = "_retl_gone"
+
+
 def apply_net(
     conn: psycopg.Connection,
     *,
@@ -117,7 +120,12 @@ def apply_net(
     """Apply the net table `net` (a row per key; `arriving` false: delete the key) with one
     DELETE and one upsert; the caller's transaction makes it atomic with the checkpoint."""
     protection.refuse_foreign_triggers(conn, schema=schema, table=table, label=f"{schema}.{table}")
-    deleted = conn.execute(delete_statement(schema, table, key, net=net, arriving=arriving))
+    # The keys to delete in a table of their own, with statistics: the planner then looks each
+    # one up in the primary key instead of scanning the synced table (measured: 0.04 s instead
+    # of 0.6-1.4 s for 20,000 keys of a 2M-row table).
+    conn.execute(gone_statement(key, net=net, arriving=arriving))
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(GONE)))
+    deleted = conn.execute(delete_statement(schema, table, key, source=GONE))
     upserts = sql.SQL("(SELECT * FROM {} WHERE {}) AS s").format(
         sql.Identifier(net), sql.Identifier(arriving)
     )
@@ -135,6 +143,18 @@ def apply_net(
     )
 
 
+def gone_statement(key: tuple[str, ...], *, net: str, arriving: str) -> sql.Composed:
+    """CREATE the temp table of the keys `net` deletes (`arriving` false)."""
+    return sql.SQL(
+        "CREATE TEMP TABLE {gone} ON COMMIT DROP AS SELECT {key} FROM {net} WHERE NOT {arriving}"
+    ).format(
+        gone=sql.Identifier(GONE),
+        key=sql.SQL(", ").join(sql.Identifier(k) for k in key),
+        net=sql.Identifier(net),
+        arriving=sql.Identifier(arriving),
+    )
+
+
 def delete_missing_statement(
     schema: str, table: str, source: sql.Composable, key: tuple[str, ...]
 ) -> sql.Composed:
@@ -145,16 +165,11 @@ def delete_missing_statement(
     ).format(t=ddl.qualified(schema, table), s=source, m=match)
 
 
-def delete_statement(
-    schema: str, table: str, key: tuple[str, ...], *, net: str, arriving: str
-) -> sql.Composed:
-    """DELETE the keys of `net` whose `arriving` is false from the table."""
+def delete_statement(schema: str, table: str, key: tuple[str, ...], *, source: str) -> sql.Composed:
+    """DELETE the keys staged in `source` from the table."""
     match = sql.SQL(" AND ").join(sql.SQL("t.{k} = d.{k}").format(k=sql.Identifier(k)) for k in key)
-    return sql.SQL("DELETE FROM {t} AS t USING {d} AS d WHERE {match} AND NOT d.{arriving}").format(
-        t=ddl.qualified(schema, table),
-        d=sql.Identifier(net),
-        match=match,
-        arriving=sql.Identifier(arriving),
+    return sql.SQL("DELETE FROM {t} AS t USING {d} AS d WHERE {match}").format(
+        t=ddl.qualified(schema, table), d=sql.Identifier(source), match=match
     )
 
 

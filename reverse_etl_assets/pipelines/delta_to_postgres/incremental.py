@@ -32,9 +32,13 @@ from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.changes import ChangePreparer
 
-# Memory the server may use to sort the staged range per key (the pipeline's own stays flat);
-# the 4 MB default spills the sort of a few hundred thousand changes to disk.
-NETTING_WORK_MEM = "64MB"
+# Server settings of the landing transaction. Memory for the stage (the pipeline's own stays
+# flat): the 4 MB default work_mem spills the sort of a few hundred thousand changes to disk, and
+# temp tables beyond the 8 MB default temp_buffers are written to disk and read back; both are
+# ceilings the backend reaches only for a range that large. And random reads priced as on SSD,
+# so the keys to delete are looked up in the primary key rather than the synced table scanned
+# whole (measured on the benchmark range: 0.04 s instead of 0.6-1.4 s).
+NETTING_SETTINGS = {"work_mem": "64MB", "temp_buffers": "256MB", "random_page_cost": "1.1"}
 
 
 class SchemaChangeError(DataError):
@@ -171,7 +175,8 @@ def _land_changes(
         protection.allow_pipeline_writes(conn)
         live = catalog.column_types(conn, schema, name)
         check_schema(table, live, columns)
-        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(NETTING_WORK_MEM)))
+        for setting, value in NETTING_SETTINGS.items():
+            conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(setting), sql.Literal(value)))
         apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(feed))
         changes = _net(conn, table, source, columns, preparer)
         if table.on_invalid_characters == "fail":
