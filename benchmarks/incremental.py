@@ -1,9 +1,15 @@
-"""Incremental (triggered) sync speed against the ceiling, in the same run (`make bench`).
+"""Incremental (triggered) sync speed and memory against the ceiling, in one run (`make bench`).
 
-On the 2M-row benchmark table, three versions are committed (10% of rows updated, 1% deleted,
-1% new). Ceiling: binary COPY of the same deduplicated changes from a pre-encoded file into a temp
-stage + one INSERT ... ON CONFLICT DO UPDATE + one DELETE ... USING, in psql. Also times `verify`
-against a snapshot sync of the same table. Prints, never gates.
+On the 2M-row benchmark table (version L) three ranges are committed, each on its own copy:
+- `11%`: 10% of rows updated, 1% deleted, 1% new (three versions), synced with the defaults
+  (the path chosen from measured cost), against the ceiling: binary COPY of the same deduplicated
+  changes from a pre-encoded file into a temp stage + one INSERT ... ON CONFLICT DO UPDATE + one
+  DELETE ... USING, in psql;
+- `50%`: half the rows updated: the default path against both paths forced;
+- `4x`: four times the changed keys of `11%`, the increment forced, against its ceiling: peak RSS
+  must stay flat.
+Each sync runs in a fresh interpreter (its own peak RSS) from Postgres restored at L. Also times
+`verify` against a snapshot sync of the same table. Prints, never gates.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import psycopg
+import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from psycopg import sql
 
@@ -45,7 +53,6 @@ from reverse_etl_assets.spec import SyncedTable, parse_spec
 
 SCHEMA = "bench_incremental"  # not the snapshot benchmark's schema, which it drops
 ROWS = 2_000_000
-SOURCE = BENCH_DIR / "incremental_2m"
 RESULTS = BENCH_DIR / "results-incremental.json"
 NAME = f"bench.{SCHEMA}.incremental"
 TABLE = "incremental"
@@ -53,16 +60,61 @@ SAVED = "incremental_at_l"
 CEILING = "incremental_ceiling"
 GOAL_RATIO = 0.8
 GOAL_RSS_MB = 300
+GOAL_PATH = 1.10  # the default path within 10% of the faster forced path
+FLAT_TOLERANCE = 1.10  # "flat": 4x the changed keys peaks within 10% of 1x
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A range committed on its own copy of the table: which rows it updates, deletes, adds."""
+
+    name: str
+    update: str  # Delta SQL predicate and the same rows as a polars expression
+    updated: pl.Expr
+    delete: str | None = None
+    deleted: pl.Expr | None = None
+    new_rows: int = 0
+
+    @property
+    def source(self) -> Path:
+        return BENCH_DIR / f"incremental_2m_{self.name.rstrip('%x')}"
+
+
+_ID = pl.col("id")
+SCENARIOS = (
+    Scenario(
+        name="11%",
+        update="id % 10 = 0",
+        updated=_ID % 10 == 0,
+        delete="id % 100 = 1",
+        deleted=_ID % 100 == 1,
+        new_rows=ROWS // 100,
+    ),
+    Scenario(name="50%", update="id % 2 = 0", updated=_ID % 2 == 0),
+    Scenario(
+        name="4x",
+        update="id % 2 = 0 AND id % 10 < 8",
+        updated=(_ID % 2 == 0) & (_ID % 10 < 8),
+        delete="id % 2 = 1 AND id % 100 < 8",
+        deleted=(_ID % 2 == 1) & (_ID % 100 < 8),
+        new_rows=4 * (ROWS // 100),
+    ),
+)
+SMALL, HALF, LARGE = SCENARIOS
+FORCED_INCREMENT = 1.0  # full_refresh_threshold that keeps every range incremental
 
 
 def main() -> None:
     """`python -m benchmarks.incremental [--repeat N]`."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--sync-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--threshold", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--full-refresh", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sync_child:
-        sync_once()
+        sync_once(Path(args.source), threshold=args.threshold, full_refresh=args.full_refresh)
         return
     dsn = bench_dsn(settings.pg_dsn())
     results = run(dsn, repeat=args.repeat)
@@ -70,77 +122,81 @@ def main() -> None:
     print_results(results)
 
 
-def synced_table() -> SyncedTable:
-    """A triggered table over the benchmark copy. The threshold is raised so the increment
-    (12% of the rows) is applied as changes; at the default 10% a snapshot swap would run."""
-    spec = parse_spec(
-        {
-            "synced_tables": [
-                {
-                    "name": NAME,
-                    "source": str(SOURCE),
-                    "primary_key": ["id"],
-                    "mode": "triggered",
-                    "full_refresh_threshold": 0.5,
-                }
-            ]
-        },
-        path=BENCH_DIR / "bench.yaml",
-    )
+def synced_table(source: Path, *, threshold: float | None = None) -> SyncedTable:
+    """A triggered table over a benchmark copy; `threshold` set forces the share rule."""
+    entry: dict[str, Any] = {
+        "name": NAME,
+        "source": str(source),
+        "primary_key": ["id"],
+        "mode": "triggered",
+    }
+    if threshold is not None:
+        entry["full_refresh_threshold"] = threshold
+    spec = parse_spec({"synced_tables": [entry]}, path=BENCH_DIR / "bench.yaml")
     return spec.synced_tables[0]
 
 
 def run(dsn: str, *, repeat: int) -> dict[str, Any]:
-    """Prepare L, commit the three versions, then time ceiling and sync `repeat` times each."""
+    """Prepare L and the three ranges, then time ceilings and syncs `repeat` times each."""
     from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
     from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 
     ensure_table(ROWS)
-    prepare_source()
-    table = synced_table()
+    for scenario in SCENARIOS:
+        prepare_source(scenario.source)
     os.environ[settings.ENV_PG_DSN] = dsn
     print("initial snapshot of version L (not timed) ...", flush=True)
     start = time.monotonic()
-    snapshot = sync_table(table, dsn, full_refresh=True)
+    snapshot = sync_table(synced_table(SMALL.source), dsn, full_refresh=True)
     snapshot_seconds = time.monotonic() - start
     save_postgres_state(dsn)
-    commit_versions()
-    changes_file, deletes_file, changed_keys = encode_ceiling_files()
+    for scenario in SCENARIOS:
+        commit_versions(scenario)
+    files = {s.name: encode_ceiling_files(s) for s in (SMALL, LARGE)}
 
-    ceilings, syncs = [], []
+    runs: dict[str, list[Any]] = {}
+
+    def ceiling(scenario: Scenario) -> None:
+        restore_postgres_state(dsn, into=CEILING, with_state=False)
+        changes, deletes, _ = files[scenario.name]
+        seconds = time_ceiling(dsn, changes, deletes)
+        runs.setdefault(f"{scenario.name} ceiling", []).append(seconds)
+        print(f"  {scenario.name} ceiling: {seconds:.2f} s", flush=True)
+
+    def sync(scenario: Scenario, label: str, **options: Any) -> None:
+        restore_postgres_state(dsn, into=TABLE, with_state=True)
+        result = time_sync(dsn, scenario.source, **options)
+        runs.setdefault(f"{scenario.name} {label}", []).append(result)
+        print(
+            f"  {scenario.name} {label}: {result['seconds']:.2f} s ({result['path']}, "
+            f"{result['changes']:,} changed keys), peak RSS {result['peak_rss_mb']:.0f} MB"
+            + (f" [{result['reason']}]" if result["reason"] else ""),
+            flush=True,
+        )
+
     try:
         for attempt in range(1, repeat + 1):
-            restore_postgres_state(dsn, into=CEILING, with_state=False)
-            ceilings.append(time_ceiling(dsn, changes_file, deletes_file))
-            restore_postgres_state(dsn, into=TABLE, with_state=True)
-            syncs.append(time_sync(dsn))
-            print(
-                f"  run {attempt}: ceiling {ceilings[-1]:.2f} s, sync {syncs[-1]['seconds']:.2f}"
-                f" s ({syncs[-1]['path']}), peak RSS {syncs[-1]['peak_rss_mb']:.0f} MB",
-                flush=True,
-            )
+            print(f"run {attempt} of {repeat}", flush=True)
+            ceiling(SMALL)
+            sync(SMALL, "default")
+            sync(HALF, "default")
+            sync(HALF, "forced incremental", threshold=FORCED_INCREMENT)
+            sync(HALF, "forced snapshot", full_refresh=True)
+            ceiling(LARGE)
+            sync(LARGE, "forced incremental", threshold=FORCED_INCREMENT)
     finally:
-        changes_file.unlink(missing_ok=True)
-        deletes_file.unlink(missing_ok=True)
+        for changes, deletes, _ in files.values():
+            changes.unlink(missing_ok=True)
+            deletes.unlink(missing_ok=True)
 
-    print("verify after the sync ...", flush=True)
-    verification = verify_table(table, dsn)
+    print("verify after the last sync ...", flush=True)
+    verification = verify_table(synced_table(LARGE.source), dsn)
     if not verification.content_matches:
         raise SystemExit(f"the incremental sync did not land Delta: {verification.describe()}")
-    ceiling_seconds = statistics.median(ceilings)
-    sync_seconds = statistics.median(s["seconds"] for s in syncs)
     return {
         "rows": ROWS,
-        "changed_keys": changed_keys,
-        "ceiling_seconds": ceiling_seconds,
-        "ceiling_changes_per_second": changed_keys / ceiling_seconds,
-        "sync_seconds": sync_seconds,
-        "sync_changes_per_second": changed_keys / sync_seconds,
-        "ratio": ceiling_seconds / sync_seconds,
-        "peak_rss_mb": max(s["peak_rss_mb"] for s in syncs),
-        "sync_paths": sorted({s["path"] for s in syncs}),
-        "ceiling_runs": ceilings,
-        "sync_runs": [s["seconds"] for s in syncs],
+        "changed_keys": {name: count for name, (_, _, count) in files.items()},
+        "runs": runs,
         "snapshot_sync_seconds": snapshot_seconds,
         "snapshot_rows": snapshot.rows,
         "verify_seconds": verification.seconds,
@@ -148,40 +204,44 @@ def run(dsn: str, *, repeat: int) -> dict[str, Any]:
     }
 
 
-def prepare_source() -> None:
+def prepare_source(path: Path) -> None:
     """A fresh copy of the 2M-row table with the Change Data Feed on (version L = 1)."""
-    shutil.rmtree(SOURCE, ignore_errors=True)
-    shutil.copytree(table_path(ROWS), SOURCE)
-    DeltaTable(str(SOURCE)).alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(table_path(ROWS), path)
+    DeltaTable(str(path)).alter.set_table_properties({"delta.enableChangeDataFeed": "true"})
 
 
-def commit_versions() -> None:
-    """10% of rows updated, 1% deleted, 1% new: three Delta versions."""
-    print("committing three versions (10% updated, 1% deleted, 1% new) ...", flush=True)
-    DeltaTable(str(SOURCE)).update(
-        updates={"name": "'changed'", "score": "score + 1"}, predicate="id % 10 = 0"
+def commit_versions(scenario: Scenario) -> None:
+    """The scenario's update, delete and new rows: one Delta version each."""
+    print(f"committing range {scenario.name} ...", flush=True)
+    path = str(scenario.source)
+    DeltaTable(path).update(
+        updates={"name": "'changed'", "score": "score + 1"}, predicate=scenario.update
     )
-    DeltaTable(str(SOURCE)).delete("id % 100 = 1")
-    new = [b for b in _generated_batches(ROWS + ROWS // 100) if b.column(0)[0].as_py() >= ROWS]
-    import pyarrow as pa
+    if scenario.delete is not None:
+        DeltaTable(path).delete(scenario.delete)
+    if scenario.new_rows:
+        batches = _generated_batches(ROWS + scenario.new_rows)
+        new = [b for b in batches if b.column(0)[0].as_py() >= ROWS]
+        rows = pa.Table.from_batches(new, schema=SCHEMA_ARROW).slice(0, scenario.new_rows)
+        write_deltalake(path, rows, mode="append")
 
-    new_rows = pa.Table.from_batches(new, schema=SCHEMA_ARROW).slice(0, ROWS // 100)
-    write_deltalake(str(SOURCE), new_rows, mode="append")
 
-
-def encode_ceiling_files() -> tuple[Path, Path, int]:
+def encode_ceiling_files(scenario: Scenario) -> tuple[Path, Path, int]:
     """The deduplicated changes of L+1..V as two pre-encoded binary COPY files: the rows of V
-    whose keys the versions touched, and the deleted keys (known from how they were made)."""
-    source = open_source(str(SOURCE), storage_options={})
+    whose keys the range touched, and the deleted keys (known from how they were made)."""
+    source = open_source(str(scenario.source), storage_options={})
     columns = pg_columns(source.schema, table=NAME)
     frame = pl.from_arrow(source.table.to_pyarrow_table())
     assert isinstance(frame, pl.DataFrame)
-    id_ = pl.col("id")
-    upserts = frame.filter((id_ % 10 == 0) | (id_ >= ROWS)).to_arrow()
-    deletes = pl.DataFrame({"id": range(1, ROWS, 100)}, schema={"id": pl.Int64}).to_arrow()
+    upserts = frame.filter(scenario.updated | (_ID >= ROWS)).to_arrow()
     del frame
+    ids = pl.DataFrame({"id": range(ROWS)}, schema={"id": pl.Int64})
+    gone = scenario.deleted if scenario.deleted is not None else pl.lit(False)
+    deletes = ids.filter(gone).to_arrow()
     keys = key_columns(columns, ("id",))
-    changes, deletes_file = BENCH_DIR / "changes.copy", BENCH_DIR / "deletes.copy"
+    tag = scenario.source.name
+    changes, deletes_file = BENCH_DIR / f"{tag}.changes.copy", BENCH_DIR / f"{tag}.deletes.copy"
     for path, data, cols in ((changes, upserts, columns), (deletes_file, deletes, keys)):
         with path.open("wb") as out:
             out.write(binary_copy.HEADER)
@@ -189,7 +249,7 @@ def encode_ceiling_files() -> tuple[Path, Path, int]:
                 out.write(binary_copy.encode_rows(to_wire(batch, cols), cols))
             out.write(binary_copy.TRAILER)
     count = upserts.num_rows + deletes.num_rows
-    print(f"{count:,} deduplicated changes encoded (not timed)", flush=True)
+    print(f"{scenario.name}: {count:,} deduplicated changes encoded (not timed)", flush=True)
     return changes, deletes_file, count
 
 
@@ -202,11 +262,12 @@ def save_postgres_state(dsn: str) -> None:
                 ddl.qualified(SCHEMA, SAVED), ddl.qualified(SCHEMA, TABLE)
             )
         )
+        # Recreated each run: the state table's columns change between releases.
+        conn.execute("DROP TABLE IF EXISTS reverse_etl.bench_saved_state")
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS reverse_etl.bench_saved_state AS "
+            "CREATE TABLE reverse_etl.bench_saved_state AS "
             "SELECT * FROM reverse_etl.synced_tables WITH NO DATA"
         )
-        conn.execute("DELETE FROM reverse_etl.bench_saved_state")
         conn.execute(
             "INSERT INTO reverse_etl.bench_saved_state "
             "SELECT * FROM reverse_etl.synced_tables WHERE name = %s",
@@ -270,51 +331,93 @@ def time_ceiling(dsn: str, changes: Path, deletes: Path) -> float:
     return time.monotonic() - started
 
 
-def time_sync(dsn: str) -> dict[str, Any]:
-    """One incremental sync in a fresh interpreter (its own peak RSS)."""
+def time_sync(dsn: str, source: Path, **options: Any) -> dict[str, Any]:
+    """One sync in a fresh interpreter (its own peak RSS)."""
+    command = [sys.executable, "-m", "benchmarks.incremental", "--sync-child"]
+    command += ["--source", str(source)]
+    if options.get("threshold") is not None:
+        command += ["--threshold", str(options["threshold"])]
+    if options.get("full_refresh"):
+        command.append("--full-refresh")
     child = subprocess.run(
-        [sys.executable, "-m", "benchmarks.incremental", "--sync-child"],
+        command,
         cwd=ROOT,
         env={**os.environ, settings.ENV_PG_DSN: dsn},
         capture_output=True,
         text=True,
     )
     if child.returncode != 0:
-        raise SystemExit(f"the incremental sync failed:\n{child.stderr}")
+        raise SystemExit(f"the sync failed:\n{child.stderr}")
     result: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
     return result
 
 
-def sync_once() -> None:
+def sync_once(source: Path, *, threshold: float | None, full_refresh: bool) -> None:
     """The child: one sync, printed as a JSON line."""
     from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 
     started = time.monotonic()
-    result = sync_table(synced_table(), settings.pg_dsn())
+    table = synced_table(source, threshold=threshold)
+    result = sync_table(table, settings.pg_dsn(), full_refresh=full_refresh)
     report = {
         "seconds": time.monotonic() - started,
         "path": result.path,
         "changes": result.changes,
+        "reason": result.reason,
+        "estimates": result.estimates,
         "peak_rss_mb": _peak_rss_mb(),
     }
     print(json.dumps(report))
 
 
 def print_results(r: dict[str, Any]) -> None:
-    """The table people read."""
-    ok = "met" if r["ratio"] >= GOAL_RATIO else "NOT met"
-    rss = "met" if r["peak_rss_mb"] <= GOAL_RSS_MB else "NOT met"
+    """The table people read: medians of the runs, ratios measured in the same run."""
+    runs = r["runs"]
+
+    def seconds(label: str) -> float:
+        return statistics.median(x if isinstance(x, float) else x["seconds"] for x in runs[label])
+
+    def rss(label: str) -> float:
+        return max(x["peak_rss_mb"] for x in runs[label])
+
+    def paths(label: str) -> str:
+        return ", ".join(sorted({x["path"] for x in runs[label]}))
+
     print()
-    print(f"incremental sync, {r['rows']:,}-row table, {r['changed_keys']:,} changed keys")
-    print(f"  ceiling (psql COPY stage + upsert + delete): {r['ceiling_seconds']:.2f} s, "
-          f"{r['ceiling_changes_per_second']:,.0f} changes/s")  # fmt: skip
-    print(f"  reverse_etl incremental sync ({', '.join(r['sync_paths'])}): "
-          f"{r['sync_seconds']:.2f} s, {r['sync_changes_per_second']:,.0f} changes/s")  # fmt: skip
-    print(f"  ratio to ceiling: {r['ratio']:.2f} (goal >= {GOAL_RATIO}: {ok})")
-    print(f"  peak RSS of the sync: {r['peak_rss_mb']:.0f} MB (goal <= {GOAL_RSS_MB} MB: {rss})")
+    print(f"incremental sync, {r['rows']:,}-row table x 10 columns (medians of the runs)")
+    keys = r["changed_keys"][SMALL.name]
+    ceiling, default = seconds("11% ceiling"), seconds("11% default")
+    ratio = ceiling / default
+    print(f"- {SMALL.name} of rows changed ({keys:,} changed keys):")
+    print(f"    ceiling (psql COPY stage + upsert + delete): {ceiling:.2f} s, "
+          f"{keys / ceiling:,.0f} changes/s")  # fmt: skip
+    print(f"    default sync ({paths('11% default')}): {default:.2f} s, "
+          f"{keys / default:,.0f} changes/s, {ratio:.2f} x ceiling (goal >= {GOAL_RATIO}: "
+          f"{_met(ratio >= GOAL_RATIO)}), peak RSS {rss('11% default'):.0f} MB (goal <= "
+          f"{GOAL_RSS_MB} MB: {_met(rss('11% default') <= GOAL_RSS_MB)})")  # fmt: skip
+    half = {k: seconds(f"50% {k}") for k in ("default", "forced incremental", "forced snapshot")}
+    faster = min(half["forced incremental"], half["forced snapshot"])
+    print(f"- {HALF.name} of rows changed:")
+    for label, value in half.items():
+        print(f"    {label} ({paths('50% ' + label)}): {value:.2f} s, {value / faster:.2f} x "
+              f"the faster forced path, peak RSS {rss('50% ' + label):.0f} MB")  # fmt: skip
+    print(f"    default within {GOAL_PATH - 1:.0%} of the faster forced path: "
+          f"{_met(half['default'] <= GOAL_PATH * faster)}")  # fmt: skip
+    large_keys = r["changed_keys"][LARGE.name]
+    large_ceiling, large = seconds("4x ceiling"), seconds("4x forced incremental")
+    flat = rss("4x forced incremental") / rss("11% default")
+    print(f"- {large_keys:,} changed keys ({large_keys / keys:.1f} x), increment forced:")
+    print(f"    ceiling {large_ceiling:.2f} s; sync {large:.2f} s, "
+          f"{large_ceiling / large:.2f} x ceiling")  # fmt: skip
+    print(f"    peak RSS {rss('4x forced incremental'):.0f} MB = {flat:.2f} x the 11% range's "
+          f"(flat, goal <= {FLAT_TOLERANCE}: {_met(flat <= FLAT_TOLERANCE)})")  # fmt: skip
     print(f"verify after sync: {r['verify_seconds']:.2f} s = {r['verify_to_snapshot']:.2f} x a "
           f"snapshot sync of the same table ({r['snapshot_sync_seconds']:.2f} s)")  # fmt: skip
     print(f"results written to {RESULTS.relative_to(ROOT)}")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 if __name__ == "__main__":
