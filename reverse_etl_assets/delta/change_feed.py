@@ -1,8 +1,11 @@
-"""Stream the Delta Change Data Feed of a version range, batch by batch.
+"""Stream the Delta Change Data Feed of a version range, file by file, batch by batch.
 
-delta-rs raises errors (a vacuumed file, say) only while iterating, so the caller reads the range
-to its end before anything becomes visible; an error means the increment is impossible, never
-"no changes".
+Each version's change data is its change (cdc) files, else the data files it added (inserted
+rows) and removed (deleted rows), read with a small buffered stream: memory holds a batch or two
+whatever the range and the files' row groups. A version this cannot read whole files of
+(deletion vectors, column mapping, files outside the table) is read by delta-rs instead. Errors
+(a vacuumed file, say) surface only while iterating, so the caller reads the range to its end
+before anything becomes visible; an error means the increment is impossible, never "no changes".
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-from reverse_etl_assets.delta.log import RangeUnavailable
+from reverse_etl_assets.delta.log import ChangeFile, RangeUnavailable, open_log, read_commits
 
 CHANGE_TYPE = "_change_type"
 COMMIT_VERSION = "_commit_version"
@@ -25,15 +29,78 @@ INSERT = "insert"
 DELETE = "delete"
 UPDATE_PREIMAGE = "update_preimage"
 UPDATE_POSTIMAGE = "update_postimage"
+# Rows per batch, as the snapshot reader streams them.
+BATCH_ROWS = 16_384
+_COLUMN_MAPPING = "delta.columnMapping.mode"
 
 
 def stream_changes(
-    table: DeltaTable, *, start: int, end: int, schema: pa.Schema
+    table: DeltaTable,
+    *,
+    uri: str,
+    storage_options: dict[str, str],
+    start: int,
+    end: int,
+    schema: pa.Schema,
 ) -> Iterator[pa.RecordBatch]:
-    """Every CDF row of versions `start..end`, batch by batch as delta-rs produces them
-    (unordered): the columns of `schema`, typed as there (a column the feed lacks is NULL), then
-    CHANGE_TYPE and COMMIT_VERSION. A read failure, raised while iterating, is RangeUnavailable."""
+    """Every CDF row of versions `start..end`, version by version: the columns of `schema`,
+    typed as there (a column a file lacks is NULL), then CHANGE_TYPE and COMMIT_VERSION. A read
+    failure, raised while iterating, is RangeUnavailable."""
     names = [*schema.names, CHANGE_TYPE, COMMIT_VERSION]
+    commits = read_commits(uri, storage_options=storage_options, start=start, end=end)
+    mapping = (table.metadata().configuration or {}).get(_COLUMN_MAPPING, "none")
+    if mapping != "none" or any(c.needs_engine for c in commits):
+        yield from _engine_changes(table, start=start, end=end, schema=schema, names=names)
+        return
+    files = open_log(uri, storage_options=storage_options)
+    pool = pa.default_memory_pool()
+    for commit in commits:
+        for change in commit.change_files:
+            try:
+                with files.open_input_file(change.path) as handle:
+                    parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
+                    present = set(parquet.schema_arrow.names)
+                    wanted = [n for n in (*schema.names, CHANGE_TYPE) if n in present]
+                    for batch in parquet.iter_batches(
+                        batch_size=BATCH_ROWS, columns=wanted, use_threads=False
+                    ):
+                        if batch.num_rows:
+                            yield _conform(batch, schema, names, change, commit.version)
+                        # Hand freed pages back each batch (as the snapshot reader does).
+                        pool.release_unused()
+            except (OSError, pa.ArrowException) as exc:
+                raise RangeUnavailable(
+                    f"reading the change data of version {commit.version} failed: {exc}"
+                ) from exc
+
+
+def _conform(
+    batch: pa.RecordBatch, schema: pa.Schema, names: list[str], change: ChangeFile, version: int
+) -> pa.RecordBatch:
+    """A file's batch as a feed batch: partition values added, columns ordered and typed."""
+    rows = batch.num_rows
+    arrays = []
+    for field in schema:
+        if field.name in change.partition_values:
+            value = pa.array([change.partition_values[field.name]], pa.string()).cast(field.type)
+            arrays.append(pa.repeat(value[0], rows))
+        elif field.name in batch.schema.names:
+            column = batch.column(field.name)
+            arrays.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            arrays.append(pa.nulls(rows, field.type))
+    if change.change_type is None:
+        arrays.append(batch.column(CHANGE_TYPE).cast(pa.string()))
+    else:
+        arrays.append(pa.repeat(pa.scalar(change.change_type, pa.string()), rows))
+    arrays.append(pa.repeat(pa.scalar(version, pa.int64()), rows))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _engine_changes(
+    table: DeltaTable, *, start: int, end: int, schema: pa.Schema, names: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """The range as delta-rs reads it (it holds a row group of each file it reads)."""
     try:
         reader = pa.RecordBatchReader.from_stream(
             table.load_cdf(starting_version=start, ending_version=end)

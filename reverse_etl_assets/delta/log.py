@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -20,6 +21,17 @@ LOG_DIR = "_delta_log"
 
 class RangeUnavailable(Exception):
     """The commits of a version range cannot all be read (expired log, recreated table...)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeFile:
+    """A file a version's change data is read from."""
+
+    path: str  # relative to the table root (decoded), or an absolute URI
+    partition_values: dict[str, str | None] = field(hash=False)
+    # None: a change data (cdc) file, whose rows carry their change type; else the change type
+    # of every row of a data file the version added ("insert") or removed ("delete").
+    change_type: str | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +48,12 @@ class Commit:
     changed_rows: int | None = None
     # Bytes of the data and change files it added or removed (dataChange only).
     changed_bytes: int = 0
+    # Where its change data is: its cdc files when it has any, else the data files it added
+    # (inserted rows) and removed (deleted rows).
+    change_files: tuple[ChangeFile, ...] = ()
+    # Its change data needs more than whole files (deletion vectors) or lives outside the table
+    # (absolute paths): only a full Delta engine reads it.
+    needs_engine: bool = False
 
     @property
     def cdf_enabled(self) -> bool | None:
@@ -149,6 +167,9 @@ def _summarize(version: int, text: str) -> Commit:
     metadata: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     added = removed = cdc = 0
+    cdc_files: list[ChangeFile] = []
+    data_files: list[ChangeFile] = []
+    needs_engine = False
     for line in text.splitlines():
         if not line.strip():
             continue
@@ -163,12 +184,19 @@ def _summarize(version: int, text: str) -> Commit:
         elif "cdc" in action:
             data_change = True
             cdc += int(action["cdc"].get("size") or 0)
+            cdc_files.append(_change_file(action["cdc"], None))
         elif "add" in action and action["add"].get("dataChange", True):
             data_change = True
             added += int(action["add"].get("size") or 0)
+            data_files.append(_change_file(action["add"], "insert"))
+            needs_engine = needs_engine or bool(action["add"].get("deletionVector"))
         elif "remove" in action and action["remove"].get("dataChange", True):
             data_change = True
             removed += int(action["remove"].get("size") or 0)
+            data_files.append(_change_file(action["remove"], "delete"))
+            needs_engine = needs_engine or bool(action["remove"].get("deletionVector"))
+    files = tuple(cdc_files) if cdc_files else tuple(data_files)
+    needs_engine = (needs_engine and not cdc_files) or any("://" in f.path for f in files)
     return Commit(
         version=version,
         timestamp_ms=timestamp,
@@ -180,4 +208,15 @@ def _summarize(version: int, text: str) -> Commit:
         else 0,
         # With change files, they hold exactly the changed rows; else every file added or removed.
         changed_bytes=cdc or added + removed,
+        change_files=files,
+        needs_engine=needs_engine,
+    )
+
+
+def _change_file(action: dict[str, Any], change_type: str | None) -> ChangeFile:
+    path = str(action["path"])
+    return ChangeFile(
+        path=path if "://" in path else unquote(path),
+        partition_values=dict(action.get("partitionValues") or {}),
+        change_type=change_type,
     )

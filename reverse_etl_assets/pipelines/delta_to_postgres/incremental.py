@@ -168,7 +168,12 @@ def _land_changes(
         keep_keys=table.timeseries_key is not None,
     )
     feed = stream_changes(
-        source.table, start=stored.last_synced_version + 1, end=source.version, schema=source.schema
+        source.table,
+        uri=source.uri,
+        storage_options=table.storage_options,
+        start=stored.last_synced_version + 1,
+        end=source.version,
+        schema=source.schema,
     )
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():

@@ -1,0 +1,83 @@
+"""The Change Data Feed read file by file equals what delta-rs reads, on every kind of commit
+(append, update, delete, overwrite, merge, compaction, partitions, an added column)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from reverse_etl_assets.delta import change_feed
+from reverse_etl_assets.delta.log import RangeUnavailable
+from reverse_etl_assets.delta.reader import open_source
+
+
+def feed(src: Path, *, start: int, engine: bool) -> list[tuple[object, ...]]:
+    source = open_source(str(src), storage_options={})
+    names = [*source.schema.names, change_feed.CHANGE_TYPE, change_feed.COMMIT_VERSION]
+    if engine:
+        batches = change_feed._engine_changes(
+            source.table, start=start, end=source.version, schema=source.schema, names=names
+        )
+    else:
+        batches = change_feed.stream_changes(
+            source.table,
+            uri=str(src),
+            storage_options={},
+            start=start,
+            end=source.version,
+            schema=source.schema,
+        )
+    rows = [tuple(r.values()) for b in batches for r in b.to_pylist()]
+    return sorted(rows, key=repr)
+
+
+def table(ids: list[int], part: str, tag: str) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "part": pa.array([part] * len(ids)),
+            "v": pa.array([f"{tag}{i}" for i in ids]),
+        }
+    )
+
+
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_the_streamed_feed_equals_delta_rs(tmp_path: Path, partitioned: bool) -> None:
+    src = tmp_path / "src"
+    by = ["part"] if partitioned else None
+    config = {"delta.enableChangeDataFeed": "true"}
+    write_deltalake(
+        str(src), table(list(range(50)), "a", "v"), partition_by=by, configuration=config
+    )
+    write_deltalake(str(src), table(list(range(50, 60)), "b", "v"), mode="append")
+    DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 5 OR id = 55")
+    DeltaTable(str(src)).delete("id >= 45 AND id < 52")
+    DeltaTable(str(src)).merge(
+        table([1, 70], "b", "m"), predicate="s.id = t.id", source_alias="s", target_alias="t"
+    ).when_matched_update_all().when_not_matched_insert_all().execute()
+    DeltaTable(str(src)).optimize.compact()
+    write_deltalake(str(src), table(list(range(10)), "a", "o"), mode="overwrite", partition_by=by)
+    wider = table([80], "a", "w").append_column("score", pa.array([1.5]))
+    write_deltalake(str(src), wider, mode="append", schema_mode="merge")
+    streamed = feed(src, start=1, engine=False)
+    assert streamed == feed(src, start=1, engine=True)
+    assert len(streamed) > 60 and {r[-2] for r in streamed} == {
+        "insert",
+        "delete",
+        "update_preimage",
+        "update_postimage",
+    }
+
+
+def test_a_missing_file_is_an_unavailable_range(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    config = {"delta.enableChangeDataFeed": "true"}
+    write_deltalake(str(src), table(list(range(5)), "a", "v"), configuration=config)
+    write_deltalake(str(src), table([9], "a", "v"), mode="append")
+    DeltaTable(str(src)).optimize.compact()
+    DeltaTable(str(src)).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    with pytest.raises(RangeUnavailable, match="change data of version 1"):
+        feed(src, start=1, engine=False)
