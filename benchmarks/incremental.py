@@ -401,8 +401,11 @@ def print_results(r: dict[str, Any]) -> None:
     for label, value in half.items():
         print(f"    {label} ({paths('50% ' + label)}): {value:.2f} s, {value / faster:.2f} x "
               f"the faster forced path, peak RSS {rss('50% ' + label):.0f} MB")  # fmt: skip
-    print(f"    default within {GOAL_PATH - 1:.0%} of the faster forced path: "
-          f"{_met(half['default'] <= GOAL_PATH * faster)}")  # fmt: skip
+    fastest = min(("forced incremental", "forced snapshot"), key=lambda k: half[k])
+    same = paths("50% default") == paths(f"50% {fastest}")
+    print(f"    default took the faster forced path ({paths('50% ' + fastest)}): {_met(same)}; "
+          f"within {GOAL_PATH - 1:.0%} of its time: {_met(half['default'] <= GOAL_PATH * faster)}"
+          + (NOISE if same else ""))  # fmt: skip
     large_keys = r["changed_keys"][LARGE.name]
     large_ceiling, large = seconds("4x ceiling"), seconds("4x forced incremental")
     flat = rss("4x forced incremental") / rss("11% default")
@@ -414,6 +417,9 @@ def print_results(r: dict[str, Any]) -> None:
     print(f"verify after sync: {r['verify_seconds']:.2f} s = {r['verify_to_snapshot']:.2f} x a "
           f"snapshot sync of the same table ({r['snapshot_sync_seconds']:.2f} s)")  # fmt: skip
     print(f"results written to {RESULTS.relative_to(ROOT)}")
+
+
+NOISE = " (the same path: the gap is the plan's few reads of the log and run-to-run noise)"
 
 
 def _met(ok: bool) -> str:
