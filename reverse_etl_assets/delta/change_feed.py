@@ -18,6 +18,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from reverse_etl_assets.delta.log import ChangeFile, RangeUnavailable, open_log, read_commits
+from reverse_etl_assets.delta.reader import BATCH_ROWS
 
 CHANGE_TYPE = "_change_type"
 COMMIT_VERSION = "_commit_version"
@@ -29,8 +30,6 @@ INSERT = "insert"
 DELETE = "delete"
 UPDATE_PREIMAGE = "update_preimage"
 UPDATE_POSTIMAGE = "update_postimage"
-# Rows per batch, as the snapshot reader streams them.
-BATCH_ROWS = 16_384
 _COLUMN_MAPPING = "delta.columnMapping.mode"
 
 

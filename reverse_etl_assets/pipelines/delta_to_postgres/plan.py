@@ -48,7 +48,6 @@ class SyncPlan:
     stored: TableState | None
     source: SourceSnapshot
     columns: tuple[PgColumn, ...]
-    full_refresh: bool = False
     # For an increment's range: both paths' estimated seconds, and the changed rows the Delta
     # log reports (what the increment's rate is measured in).
     estimates: dict[str, float] = field(default_factory=dict)
@@ -98,7 +97,6 @@ def plan_with(
             stored=stored,
             source=source,
             columns=columns,
-            full_refresh=full_refresh,
             estimates=estimate.as_dict() if estimate else {},
             changed_rows=estimate.changed_rows if estimate else None,
         )
