@@ -38,8 +38,13 @@ def build_definitions(
         yield from postgres.sync(context)
 
     sources = delta_source_assets(spec.synced_tables, translator)
-    checks = [equality_checks(t, translator.get_asset_spec(t).key) for t in spec.synced_tables]
-    # Observes the sources and runs the schedules: every asset with an automation condition.
+    checks = [
+        equality_checks(
+            t, translator.get_asset_spec(t).key, translator.get_check_automation_condition(t)
+        )
+        for t in spec.synced_tables
+    ]
+    # Observes the sources, runs the schedules and the checks after each sync.
     sensors: list[dg.SensorDefinition] = [
         dg.AutomationConditionSensorDefinition(
             AUTOMATION_SENSOR,

@@ -22,6 +22,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from deltalake import DeltaTable, write_deltalake
 
 from reverse_etl_assets.definitions import build_definitions, load_definitions
+from reverse_etl_assets.orchestration.checks import CONTENT_CHECK, ROW_COUNT_CHECK
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.postgres.state import read_state
@@ -172,6 +173,44 @@ def test_schedule_requests_a_sync_at_the_cron_tick(defs: dg.Definitions) -> None
     requested = {r.key for r in after_tick.results if r.true_subset.size}
     assert SYNCED in requested and PATH_SYNCED not in requested
     assert SOURCE in requested  # sources are observed every minute
+
+
+def test_checks_run_on_their_own_after_a_sync_recorded_from_outside_a_run(
+    defs: dg.Definitions, pg_dsn: str
+) -> None:
+    """A sync the CLI recorded in the instance is checked without anyone clicking anything."""
+    instance = dg.DagsterInstance.ephemeral()
+    now = dt.datetime.now(dt.UTC)
+    checks = {k for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == SYNCED}
+    assert len(checks) == 2
+
+    def requested(result: Any) -> set[Any]:
+        return {r.key for r in result.results if r.true_subset.size} & checks
+
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=now)
+    assert requested(first) == set()  # nothing synced yet: nothing to check
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=SYNCED))
+    after_sync = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=first.cursor, evaluation_time=now
+    )
+    assert requested(after_sync) == checks
+
+    # A run that materializes the table runs its checks in the same run: none run again.
+    nodes = [*(defs.assets or ()), *(defs.asset_checks or ())]
+    result = dg.materialize(
+        [n for n in nodes if isinstance(n, dg.AssetsDefinition)],
+        selection=[SYNCED],
+        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        instance=instance,
+    )
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        ROW_COUNT_CHECK: True,
+        CONTENT_CHECK: True,
+    }
+    after_run = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=after_sync.cursor, evaluation_time=now
+    )
+    assert requested(after_run) == set()
 
 
 def test_materialize_syncs_with_metadata_and_source_version(
