@@ -194,6 +194,9 @@ def test_checks_run_on_their_own_after_a_sync_recorded_from_outside_a_run(
         defs=defs, instance=instance, cursor=first.cursor, evaluation_time=now
     )
     assert requested(after_sync) == checks
+    # The daemon's very first evaluation, after syncs it never saw happen (`make demo`).
+    fresh = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=now)
+    assert requested(fresh) == checks
 
     # A run that materializes the table runs its checks in the same run: none run again.
     nodes = [*(defs.assets or ()), *(defs.asset_checks or ())]

@@ -69,7 +69,18 @@ class SyncedTableTranslator:
         recorded in the instance), so the UI's check status always speaks of the latest sync."""
         if table.mode == "continuous":
             return dg.AutomationCondition.on_cron(CONTINUOUS_CHECK_CRON)
-        return dg.AutomationCondition.eager().with_label("check after each sync")
+        # Like `eager()`, except that the first evaluation does not swallow what came before it
+        # (`make demo` syncs before `make dev` starts the daemon): a check that never ran, runs.
+        synced = dg.AutomationCondition.any_deps_updated() | (
+            dg.AutomationCondition.missing().newly_true()
+        )
+        handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+        return (
+            synced.since(handled)
+            & ~dg.AutomationCondition.any_deps_missing()
+            & ~dg.AutomationCondition.any_deps_in_progress()
+            & ~dg.AutomationCondition.in_progress()
+        ).with_label("check after each sync")
 
     def get_automation_condition(self, table: SyncedTable) -> dg.AutomationCondition | None:
         """A `schedule` syncs at each tick (not on_cron, which waits for the source to update:
