@@ -23,12 +23,11 @@ from deltalake import DeltaTable, write_deltalake
 
 from reverse_etl_assets.definitions import build_definitions, load_definitions
 from reverse_etl_assets.orchestration.checks import CONTENT_CHECK, ROW_COUNT_CHECK
-from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.settings import DEFAULT_SPEC, ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
 from reverse_etl_assets.spec import load_spec
-from reverse_etl_assets_tests.helpers import run_cli
+from reverse_etl_assets_tests.helpers import postgres_resources, run_cli
 
 SYNCED = dg.AssetKey(["lakebase", "gold", "t_synced"])
 SOURCE = dg.AssetKey(["analytics", "gold", "t"])
@@ -125,7 +124,7 @@ def _observe(defs: dg.Definitions, key: dg.AssetKey, instance: dg.DagsterInstanc
     """Run the observable source asset `key` once; its reported data version."""
     job = dg.define_asset_job("observe_source", selection=dg.AssetSelection.assets(key))
     result = (
-        dg.Definitions(assets=_assets(defs), jobs=[job], resources={"postgres": PostgresTarget()})
+        dg.Definitions(assets=_assets(defs), jobs=[job], resources=postgres_resources())
         .resolve_job_def("observe_source")
         .execute_in_process(instance=instance)
     )
@@ -203,7 +202,7 @@ def test_checks_run_on_their_own_after_a_sync_recorded_from_outside_a_run(
     result = dg.materialize(
         [n for n in nodes if isinstance(n, dg.AssetsDefinition)],
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         instance=instance,
     )
     assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
@@ -223,7 +222,7 @@ def test_materialize_syncs_with_metadata_and_source_version(
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         instance=instance,
     )
 
@@ -260,7 +259,7 @@ def test_duplicate_key_fails_the_run_and_marks_the_table_offline(
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         raise_on_error=False,
     )
 
@@ -323,7 +322,7 @@ def _sync(defs: dg.Definitions, instance: dg.DagsterInstance, pg_dsn: str) -> No
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         instance=instance,
     )
     assert result.success
@@ -367,7 +366,7 @@ def test_a_snapshot_of_an_unchanged_source_is_a_no_op(
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         instance=instance,
     )
     metadata = {k: v.value for k, v in _materialization(result, SYNCED).metadata.items()}
