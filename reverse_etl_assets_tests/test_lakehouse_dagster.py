@@ -8,6 +8,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,10 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from reverse_etl_assets.definitions import build_definitions
+from reverse_etl_assets.orchestration.continuous import FOLLOWER_TAG, SENSOR_NAME
 from reverse_etl_assets.orchestration.lakehouse_checks import (
     CONTENT_CHECK,
     RETAINED_WAL_CHECK,
@@ -27,7 +32,7 @@ from reverse_etl_assets.orchestration.lakehouse_resource import LakehouseSyncRes
 from reverse_etl_assets.orchestration.lakehouse_translator import GROUP, POSTGRES_GROUP
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.settings import ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
-from reverse_etl_assets.spec import Spec, load_spec
+from reverse_etl_assets.spec import Spec, load_spec, parse_spec
 from reverse_etl_assets_tests.helpers import run_cli
 from reverse_etl_assets_tests.lakehouse_helpers import delta_rows, execute, postgres_frame
 
@@ -388,3 +393,108 @@ def test_a_cli_sync_is_recorded_in_the_instance_and_closes_the_loop(
         execute(app_tables, "INSERT INTO app.orders VALUES (8, 80, 'h')")
         assert run_cli(env, "sync", "app").returncode == 0
         assert _stale(defs, instance, SERVED) == StaleStatus.STALE
+
+
+def _wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _mirror_rows(tmp_path: Path) -> int:
+    try:
+        return len(delta_rows(str(tmp_path / "lake" / "bronze" / "app" / "orders")))
+    except TableNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+def test_sensor_starts_a_lakehouse_follower_and_restarts_it_after_it_dies(
+    tmp_path: Path, app_tables: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_PG_DSN, app_tables)
+    spec = parse_spec(
+        {
+            "lake_root": str(tmp_path / "lake"),
+            "lakehouse_syncs": [
+                {"name": "stream", "tables": ["app.orders"], "target": "bronze.app",
+                 "mode": "continuous", "flush_interval_seconds": 0.2},
+            ],
+        },
+        path=tmp_path / "spec.yaml",
+    )  # fmt: skip
+    defs = build_definitions(spec)
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    job = defs.resolve_job_def("follow_lakehouse__stream")
+    assert [j.name for j in sensor.jobs] == [job.name]
+
+    with dg.instance_for_test() as instance:
+
+        def tick() -> Any:
+            context = dg.build_sensor_context(instance=instance, definitions=defs)
+            return sensor.evaluate_tick(context)
+
+        def launch(request: dg.RunRequest, **config: Any) -> tuple[threading.Thread, list[Any]]:
+            """Run the requested follower like a run worker would (in process, in a thread)."""
+            outcome: list[Any] = []
+            run_config = {"ops": {f"{job.name}__op": {"config": config}}}
+            thread = threading.Thread(
+                target=lambda: outcome.append(
+                    job.execute_in_process(
+                        instance=instance,
+                        tags=request.tags,
+                        run_config=run_config,
+                        raise_on_error=False,
+                    )
+                ),
+                daemon=True,
+            )
+            thread.start()
+            return thread, outcome
+
+        def runs() -> list[dg.DagsterRun]:
+            return list(instance.get_runs(dg.RunsFilter(job_name=job.name)))
+
+        first = tick()
+        assert [r.run_key for r in first.run_requests] == ["stream:first"]
+        assert first.run_requests[0].tags[FOLLOWER_TAG] == "stream"
+
+        thread, outcome = launch(first.run_requests[0], max_seconds=8)
+        _wait_until(
+            lambda: instance.get_latest_materialization_event(ORDERS) is not None,
+            timeout=60,
+            what="the snapshot reported",
+        )
+        execute(app_tables, "INSERT INTO app.orders VALUES (4, 40, 'streamed')")
+        _wait_until(lambda: _mirror_rows(tmp_path) == 4, timeout=30, what="the insert")
+        running = tick()
+        assert running.run_requests == [] and "is STARTED" in str(running.skip_message)
+        thread.join(timeout=60)
+        assert outcome[0].success
+        first_run = runs()[0]
+        # Reported while it ran (the snapshot at once) and when it stopped (the insert).
+        reported = [
+            e.event_specific_data.materialization
+            for e in outcome[0].all_events
+            if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key == ORDERS
+        ]
+        assert [m.metadata["dagster/row_count"].value for m in reported] == [3, 4]
+        assert reported[-1].metadata["reverse_etl/inserts"].value == 1
+
+        # It ended (here: its max_seconds; a terminated run alike): started again.
+        ended = tick()
+        assert [r.run_key for r in ended.run_requests] == [f"stream:after:{first_run.run_id}"]
+
+        # A follower that dies (its slot dropped while it was stopped: terminal) is restarted
+        # by the next tick, and its failure says what to do.
+        execute(app_tables, "SELECT pg_drop_replication_slot('reverse_etl_stream')")
+        thread, outcome = launch(ended.run_requests[0], max_seconds=8)
+        thread.join(timeout=60)
+        assert not outcome[0].success
+        [failure] = outcome[0].get_step_failure_events()
+        assert "--full-refresh" in str(failure.step_failure_data.error)
+        died = runs()[0]
+        assert died.status == dg.DagsterRunStatus.FAILURE
+        again = tick()
+        assert [r.run_key for r in again.run_requests] == [f"stream:after:{died.run_id}"]
