@@ -4,6 +4,7 @@ instance, against a real Postgres with logical replication and real Delta tables
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
@@ -170,6 +171,22 @@ def test_definitions_declare_postgres_tables_history_mirror_and_the_closed_loop(
     assert {(key, RETAINED_WAL_CHECK) for key in LAKEHOUSE_KEYS} <= checks
     automation = defs.resolve_sensor_def("synced_tables_automation")
     assert isinstance(automation, dg.AutomationConditionSensorDefinition)
+
+
+def test_the_schedule_requests_every_table_of_the_sync_at_the_cron_tick(spec: Spec) -> None:
+    defs = build_definitions(spec)
+    instance = dg.DagsterInstance.ephemeral()
+    now = dt.datetime(2026, 1, 1, 12, 1, tzinfo=dt.UTC)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=now)
+    assert not {r.key for r in first.results if r.true_subset.size} & LAKEHOUSE_KEYS
+    after_tick = dg.evaluate_automation_conditions(
+        defs=defs,
+        instance=instance,
+        cursor=first.cursor,
+        evaluation_time=now + dt.timedelta(minutes=15),
+    )
+    requested = {r.key for r in after_tick.results if r.true_subset.size}
+    assert requested == LAKEHOUSE_KEYS  # together; the served table has no schedule
 
 
 def test_the_demo_spec_shows_the_closed_loop() -> None:
