@@ -60,11 +60,15 @@ def lakehouse_follower_job(
         def report() -> None:
             if not pending:
                 return
-            combined = _combine(pending)
-            pending.clear()
             reported[0] = time.monotonic()
-            for landed in lakehouse.materializations(sync, combined, tables):
-                context.log_event(materialization(landed))
+            try:
+                landed = lakehouse.materializations(sync, _combine(pending), tables)
+            except Exception as exc:  # the data is safe in Delta; the next report covers it
+                context.log.warning(f"{sync.name}: could not report materializations: {exc}")
+                return
+            pending.clear()
+            for each in landed:
+                context.log_event(materialization(each))
 
         def on_flush(result: LakehouseResult) -> None:
             context.log.info(result.describe())
@@ -85,7 +89,8 @@ def lakehouse_follower_job(
             if failure is None:
                 raise
             raise _failure(sync, failure) from exc
-        report()
+        finally:
+            report()  # what landed since the last report, however the follower stopped
         context.log.info(
             f"{sync.name}: stopped after {summary.changes:,} change(s) in {summary.flushes} "
             f"commit(s), {summary.reconnects} reconnect(s)"
