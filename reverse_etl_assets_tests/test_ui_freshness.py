@@ -25,6 +25,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from reverse_etl_assets.dev.demo_app import write_demo_activity
 from reverse_etl_assets.dev.demo_lake import ensure_demo_lake
+from reverse_etl_assets.orchestration.lakehouse_translator import GROUP as LAKEHOUSE_GROUP
 from reverse_etl_assets.orchestration.translator import GROUP, SOURCE_GROUP
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.settings import DEFAULT_SPEC, ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
@@ -57,6 +58,7 @@ DEMO_ROWS = 300
 DAEMON_WAIT_MS = 240_000
 # Each synced table has two equality checks; the node says how many of them passed.
 ALL_CHECKS_PASSED = re.compile(r"2\s*/\s*2\s*Passed")
+EVERY_CHECK_PASSED = re.compile(r"(\d+)\s*/\s*\1\s*Passed")
 PROFILES = dg.AssetKey(["lakebase", "gold", "user_profiles_synced"])
 PROFILES_SOURCE = ["analytics", "gold", "user_profiles"]
 
@@ -111,6 +113,22 @@ def test_demo_fresh_after_sync_stale_after_a_commit_fresh_again(
                     expect(node).not_to_contain_text("Unsynced")
                     expect(node).not_to_contain_text("Failed")
 
+                # And the lakehouse sync's drain: each history and mirror, with its checks.
+                for sync in spec.lakehouse_syncs:
+                    for _, name in sync.tables:
+                        history = _node(
+                            page, dg.AssetKey([*sync.target_parts, f"lb_{name}_history"])
+                        )
+                        expect(history).to_contain_text("Materialized")
+                        expect(history).to_contain_text(EVERY_CHECK_PASSED)
+                        # The Postgres table and its mirror share a label; the mirror is Delta.
+                        labelled = page.locator("svg foreignObject").filter(
+                            has=page.get_by_text(name, exact=True)
+                        )
+                        mirror = labelled.filter(has_text="delta").last
+                        expect(mirror).to_contain_text("Materialized")
+                        expect(mirror).to_contain_text(EVERY_CHECK_PASSED)
+
                 profiles = _node(page, PROFILES)
                 source = Path(spec.lake_root).joinpath(*PROFILES_SOURCE)
                 _commit_one_more_row(source)
@@ -128,7 +146,7 @@ def test_demo_fresh_after_sync_stale_after_a_commit_fresh_again(
 
 def _open_graph(page: Page, url: str) -> None:
     page.goto(f"{url}/asset-groups")
-    for group in (SOURCE_GROUP, GROUP):
+    for group in (SOURCE_GROUP, GROUP, LAKEHOUSE_GROUP):
         expect(page.locator("svg foreignObject").get_by_text(group, exact=True)).to_be_visible()
     page.keyboard.press("Alt+e")  # the graph's "Expand all groups"
 
