@@ -1,0 +1,135 @@
+"""Fingerprints of a Postgres table computed where it lives: row count and the sum of every row's
+64-bit hash, for the whole table or per key bucket, and the keys and hashes of chosen buckets.
+
+Rows are hashed by `hash_record_extended`, which `transform.pg_hash` recomputes over Arrow data,
+so only a few numbers (or the rows of a few buckets) leave the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
+
+HASH_MODULUS = 2**64
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fingerprint:
+    """Row count and the sum of the rows' hashes modulo 2**64 (order-independent)."""
+
+    rows: int
+    total: int
+
+    def hex(self) -> str:
+        """The sum as 16 hex digits."""
+        return f"{self.total:016x}"
+
+
+def _element(column: PgColumn) -> sql.Composable:
+    # numeric hashes its digits without the sign, and jsonb by its tokens: both are hashed as
+    # their text, which pg_hash reproduces.
+    name = sql.Identifier(column.name)
+    if column.ddl.startswith("numeric") or column.ddl == "jsonb":
+        return sql.SQL("{}::text").format(name)
+    return name
+
+
+def row_hash(columns: Sequence[PgColumn]) -> sql.Composed:
+    """hash_record_extended of every column and the row's count of NULLs (so a NULL is told
+    from a value whose hash is 0, such as 0.0)."""
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+    elements = sql.SQL(", ").join(_element(c) for c in columns)
+    return sql.SQL("hash_record_extended(ROW({}, num_nulls({})), 0)").format(elements, names)
+
+
+def key_hash(key_columns: Sequence[PgColumn]) -> sql.Composed:
+    """hash_record_extended of the key columns, in key order."""
+    elements = sql.SQL(", ").join(_element(c) for c in key_columns)
+    return sql.SQL("hash_record_extended(ROW({}), 0)").format(elements)
+
+
+def total_query(relation: sql.Composable, columns: Sequence[PgColumn]) -> sql.Composed:
+    """Row count and the sum of the row hashes of the whole relation."""
+    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {r}").format(
+        h=row_hash(columns), r=relation
+    )
+
+
+def bucket_query(
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+) -> sql.Composed:
+    """Per key bucket (key hash modulo `buckets`, a power of two): row count and hash sum."""
+    return sql.SQL("SELECT {k} & {mask}, count(*), sum({h}) FROM {r} GROUP BY 1").format(
+        k=key_hash(key_columns), mask=sql.Literal(buckets - 1), h=row_hash(columns), r=relation
+    )
+
+
+def bucket_rows_query(
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+) -> sql.Composed:
+    """Key hash, row hash and key values of the rows in the buckets passed as parameter 1."""
+    keys = sql.SQL(", ").join(sql.Identifier(c.name) for c in key_columns)
+    return sql.SQL("SELECT {k}, {h}, {keys} FROM {r} WHERE {k} & {mask} = ANY(%s)").format(
+        k=key_hash(key_columns),
+        h=row_hash(columns),
+        keys=keys,
+        r=relation,
+        mask=sql.Literal(buckets - 1),
+    )
+
+
+def read_total(
+    conn: psycopg.Connection, relation: sql.Composable, columns: Sequence[PgColumn]
+) -> Fingerprint:
+    """Run `total_query`."""
+    found = conn.execute(total_query(relation, columns)).fetchone()
+    assert found is not None
+    return Fingerprint(rows=int(found[0]), total=int(found[1]) % HASH_MODULUS)
+
+
+def read_buckets(
+    conn: psycopg.Connection,
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+) -> dict[int, Fingerprint]:
+    """Run `bucket_query`: each non-empty bucket's fingerprint."""
+    rows = conn.execute(bucket_query(relation, columns, key_columns, buckets)).fetchall()
+    return {
+        int(b): Fingerprint(rows=int(n), total=int(total) % HASH_MODULUS) for b, n, total in rows
+    }
+
+
+def read_bucket_rows(
+    conn: psycopg.Connection,
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+    wanted: Sequence[int],
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """Run `bucket_rows_query`: (key hash, row hash, key values) of each row of `wanted`."""
+    query = bucket_rows_query(relation, columns, key_columns, buckets)
+    rows = conn.execute(query, (list(wanted),)).fetchall()
+    names = [c.name for c in key_columns]
+    return [
+        (
+            int(k) % HASH_MODULUS,
+            int(h) % HASH_MODULUS,
+            dict(zip(names, values, strict=True)),
+        )
+        for k, h, *values in rows
+    ]
