@@ -50,6 +50,14 @@ def wide_table() -> pa.Table:
                 ],
                 pa.decimal128(38, 18),
             ),
+            "d10": pa.array(
+                [Decimal(v) for v in ("0", "-0.01", "99999999.99", "-99999999.99", "1.5")]
+                + [Decimal("-1.5"), Decimal("10"), None],
+                pa.decimal128(10, 2),
+            ),
+            "d18": pa.array(
+                [0, -1, 10**18 - 1, -(10**18) + 1, 15, -15, 10, None], pa.decimal128(18, 0)
+            ),
             "s": pa.array(texts),
             "ls": pa.array(texts, pa.large_string()),
             "bin": pa.array([None if t is None else t.encode() for t in texts], pa.binary()),

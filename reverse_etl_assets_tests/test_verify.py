@@ -193,6 +193,8 @@ def every_type_source() -> pa.Table:
     ("statement", "kind", "key"),
     [
         ("UPDATE gold.items_synced SET dec = -dec WHERE id = 4", "changed", 4),
+        ("UPDATE gold.items_synced SET d10 = -d10 WHERE id = 4", "changed", 4),
+        ("UPDATE gold.items_synced SET d18 = d18 - 1 WHERE id = 2", "changed", 2),
         ("UPDATE gold.items_synced SET f8 = NULL WHERE id = 0", "changed", 0),
         ("UPDATE gold.items_synced SET f4 = 'NaN' WHERE id = 5", "changed", 5),
         ("UPDATE gold.items_synced SET s = NULL WHERE id = 0", "changed", 0),

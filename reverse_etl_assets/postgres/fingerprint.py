@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
+from reverse_etl_assets.transform import pg_hash
 
 HASH_MODULUS = 2**64
 
@@ -32,11 +33,14 @@ class Fingerprint:
 
 
 def _element(column: PgColumn) -> sql.Composable:
-    # numeric hashes its digits without the sign, and jsonb by its tokens: both are hashed as
-    # their text, which pg_hash reproduces.
+    """The column as the row hash takes it (see `pg_hash.hash_form`)."""
     name = sql.Identifier(column.name)
-    if column.ddl.startswith("numeric") or column.ddl == "jsonb":
+    form = pg_hash.hash_form(column)
+    if form == "text":
         return sql.SQL("{}::text").format(name)
+    if form == "scaled":
+        factor = sql.Literal(10 ** pg_hash.numeric_scale(column))
+        return sql.SQL("({} * {})::bigint").format(name, factor)
     return name
 
 

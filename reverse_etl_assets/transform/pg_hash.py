@@ -8,8 +8,9 @@ Delta table and its synced table can be compared by hashing each where it lives.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -26,8 +27,32 @@ _GOLDEN = 0x9E3779B9 + 3923095
 _PG_EPOCH_US = 946_684_800_000_000
 _PG_EPOCH_DAYS = 10_957
 _FLOAT8_NAN = np.frombuffer(np.float64(np.nan).tobytes(), dtype=U64)[0]
-_MASKS = np.array([0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF], dtype=U32)
-_TEXT_DDL = ("text", "jsonb")
+_NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
+# Largest precision whose unscaled value always fits a bigint.
+_SCALED_PRECISION = 18
+
+HashForm = Literal["value", "text", "scaled"]
+
+
+def hash_form(column: PgColumn) -> HashForm:
+    """How a column enters the row hash, the same on both sides: `value` hashes it with its
+    type's own function; `text` hashes its text (jsonb, whose own hash walks its tokens, and wide
+    numerics, whose own hash ignores the sign); `scaled` hashes a numeric(p<=18,s) as the bigint
+    value * 10^s (exact, and far cheaper to recompute than its text)."""
+    if column.ddl == "jsonb":
+        return "text"
+    numeric = _NUMERIC.fullmatch(column.ddl)
+    if numeric:
+        return "scaled" if int(numeric[1]) <= _SCALED_PRECISION else "text"
+    return "value"
+
+
+def numeric_scale(column: PgColumn) -> int:
+    """The scale s of a numeric(p,s) column."""
+    numeric = _NUMERIC.fullmatch(column.ddl)
+    if numeric is None:
+        raise ValueError(f"{column.name} is {column.ddl}, not numeric(p,s)")
+    return int(numeric[2])
 
 
 def _rot(x: np.ndarray, k: int) -> np.ndarray:
@@ -115,54 +140,87 @@ def hash_bytes(array: pa.Array) -> np.ndarray:
         return np.zeros(0, dtype=U64)
     _, offsets_buffer, data_buffer = array.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset : array.offset + n + 1]
-    # Twelve zero bytes past the end (plus alignment slack): tail reads never run off the data.
-    data = np.zeros(offsets[-1] + 16, dtype=np.uint8)
+    starts = offsets[:-1] - offsets[0]
+    lengths = offsets[1:] - offsets[:-1]
+    rounds = lengths // 12
+    most = int(rounds.max())
+    # Zero bytes past the end: reads of a round or a tail never leave the array.
+    data = np.zeros(int(offsets[-1] - offsets[0]) + 12 * (min(most, _WIDE_ROUNDS) + 2), np.uint8)
     if data_buffer is not None and offsets[-1] > offsets[0]:
-        raw = np.frombuffer(data_buffer, dtype=np.uint8)
-        data[offsets[0] : offsets[-1]] = raw[offsets[0] : offsets[-1]]
-    starts = offsets[:-1]
-    lengths = offsets[1:] - starts
-    result = np.zeros(n, dtype=U64)
-    for align in range(4):
-        rows = np.flatnonzero((starts & 3) == align)
-        if len(rows):
-            result[rows] = _hash_aligned(data, align, starts[rows], lengths[rows])
+        data[: offsets[-1] - offsets[0]] = np.frombuffer(data_buffer, np.uint8)[
+            offsets[0] : offsets[-1]
+        ]
+    # The little-endian 32-bit word starting at each byte (overlapping, unaligned views).
+    word_at = np.ndarray(shape=(len(data) - 3,), dtype="<u4", buffer=data, strides=(1,))
+    a = (lengths + _GOLDEN).astype(U32)
+    b, c = a.copy(), a.copy()
+    if most <= _WIDE_ROUNDS:
+        _rounds_wide(word_at, starts, rounds, most, a, b, c)
+    else:
+        _rounds_longest_first(word_at, starts, rounds, a, b, c)
+    # The last 0..11 bytes: zero-padded words, the third shifted left by 8 (lookup3's switch).
+    at = starts + 12 * rounds
+    rest = lengths - 12 * rounds
+    a += word_at[at] & _byte_mask(np.minimum(rest, 4))
+    b += word_at[at + 4] & _byte_mask(np.clip(rest - 4, 0, 4))
+    c += (word_at[at + 8] & _byte_mask(np.clip(rest - 8, 0, 3))) << U32(8)
+    result = _final(a, b, c)
     if array.null_count:
         result[np.asarray(array.is_null())] = 0
     return result
 
 
-def _hash_aligned(
-    data: np.ndarray, align: int, starts: np.ndarray, lengths: np.ndarray
-) -> np.ndarray:
-    """hash_bytes_extended for values starting at the same offset modulo 4: each reads whole
-    little-endian words of one view of the data, 12 bytes per round, longest values first."""
-    words = np.frombuffer(data.data, dtype="<u4", offset=align, count=(len(data) - align) // 4)
-    order = np.argsort(-(lengths // 12), kind="stable")
-    starts, lengths = starts[order], lengths[order]
-    base = (starts - align) >> 2
-    rounds = lengths // 12
-    a = (lengths + _GOLDEN).astype(U32)
-    b, c = a.copy(), a.copy()
-    active = len(rounds)
-    for k in range(int(rounds[0]) if len(rounds) else 0):
-        while active and rounds[active - 1] <= k:
+# Values of up to this many 12-byte rounds are mixed all together, a finished value keeping
+# its state; longer ones go longest first over a shrinking prefix.
+_WIDE_ROUNDS = 4
+
+
+def _rounds_wide(
+    word_at: np.ndarray,
+    starts: np.ndarray,
+    rounds: np.ndarray,
+    most: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+) -> None:
+    for k in range(most):
+        at = starts + 12 * k
+        sa, sb, sc = a + word_at[at], b + word_at[at + 4], c + word_at[at + 8]
+        _mix(sa, sb, sc)
+        active = rounds > k
+        np.copyto(a, sa, where=active)
+        np.copyto(b, sb, where=active)
+        np.copyto(c, sc, where=active)
+
+
+def _rounds_longest_first(
+    word_at: np.ndarray,
+    starts: np.ndarray,
+    rounds: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+) -> None:
+    order = np.argsort(-rounds, kind="stable")
+    ordered_starts, ordered_rounds = starts[order], rounds[order]
+    sa, sb, sc = a[order], b[order], c[order]
+    active = len(order)
+    for k in range(int(ordered_rounds[0])):
+        while ordered_rounds[active - 1] <= k:
             active -= 1
-        at = base[:active] + 3 * k
-        sa, sb, sc = a[:active], b[:active], c[:active]
-        sa += words[at]
-        sb += words[at + 1]
-        sc += words[at + 2]
-        _mix(sa, sb, sc)  # views: a, b and c change in place
-    # The last 0..11 bytes: zero-padded words, the third shifted left by 8 (lookup3's switch).
-    rest = lengths - 12 * rounds
-    at = base + 3 * rounds
-    a += words[at] & _MASKS[np.minimum(rest, 4)]
-    b += words[at + 1] & _MASKS[np.clip(rest - 4, 0, 4)]
-    c += (words[at + 2] & _MASKS[np.clip(rest - 8, 0, 3)]) << U32(8)
-    hashed = np.empty(len(order), dtype=U64)
-    hashed[order] = _final(a, b, c)
-    return hashed
+        at = ordered_starts[:active] + 12 * k
+        va, vb, vc = sa[:active], sb[:active], sc[:active]  # views: sa, sb, sc change in place
+        va += word_at[at]
+        vb += word_at[at + 4]
+        vc += word_at[at + 8]
+        _mix(va, vb, vc)
+    a[order], b[order], c[order] = sa, sb, sc
+
+
+def _byte_mask(count: np.ndarray) -> np.ndarray:
+    """0x00, 0xFF, ..., 0xFFFFFFFF for 0..4 bytes."""
+    return ((U64(1) << (count.astype(U64) * U64(8))) - U64(1)).astype(U32)
 
 
 def combine(hashes: list[np.ndarray]) -> np.ndarray:
@@ -174,20 +232,30 @@ def combine(hashes: list[np.ndarray]) -> np.ndarray:
 
 
 def column_hash(array: pa.Array, column: PgColumn) -> np.ndarray:
-    """The extended hash Postgres computes for each value of a wire column as
-    `postgres.fingerprint` presents it (numeric and jsonb as their text); NULL hashes to 0."""
+    """The extended hash Postgres computes for each value of a wire column in its `hash_form`;
+    NULL hashes to 0."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    if column.ddl.startswith("numeric"):
-        array = pl.Series(array).cast(pl.String).to_arrow()
-    elif column.ddl == "jsonb":
-        array = jsonb_text(array)
-    if column.ddl in _TEXT_DDL or column.ddl.startswith("numeric") or column.ddl == "bytea":
+    form = hash_form(column)
+    if form == "scaled":
+        hashed = hash_int8(_unscaled(array))
+    elif form == "text" and column.ddl == "jsonb":
+        return hash_bytes(jsonb_text(array))
+    elif form == "text":
+        return hash_bytes(pl.Series(array).cast(pl.String).to_arrow())
+    elif column.ddl in ("text", "bytea"):
         return hash_bytes(array)
-    hashed = _fixed_width_hash(array, column.ddl)
+    else:
+        hashed = _fixed_width_hash(array, column.ddl)
     if array.null_count:
         hashed[np.asarray(array.is_null())] = 0
     return hashed
+
+
+def _unscaled(array: pa.Array) -> np.ndarray:
+    """A decimal128 array's unscaled integers (the low 64 bits, all there is below 10^19)."""
+    words = np.frombuffer(array.buffers()[1], dtype="<i8")
+    return words[2 * array.offset : 2 * (array.offset + len(array)) : 2]
 
 
 def _fixed_width_hash(array: pa.Array, ddl: str) -> np.ndarray:
