@@ -274,3 +274,14 @@ def test_many_differences_are_sampled_from_a_few_buckets(tmp_path: Path, pg_dsn:
     assert dirty.postgres_rows == 10_000 and dirty.delta_rows == 20_000
     assert len(dirty.differences) == SAMPLE_KEYS
     assert all(d.kind == "missing" and d.key["id"] % 2 == 0 for d in dirty.differences)
+
+
+def test_an_empty_source_verifies_against_an_empty_table(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "src", source_table().slice(0, 0))
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    assert verify_table(table, pg_dsn).content_matches
+    tamper(pg_dsn, "INSERT INTO gold.items_synced (id) VALUES (1)")
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.differences == (Difference(kind="extra", key={"id": 1}),)
+    assert "{'id': 1} (extra in Postgres)" in dirty.describe()

@@ -8,7 +8,6 @@ so only a few numbers (or the rows of a few buckets) leave the server.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -16,20 +15,7 @@ from psycopg import sql
 
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.transform import pg_hash
-
-HASH_MODULUS = 2**64
-
-
-@dataclass(frozen=True, kw_only=True)
-class Fingerprint:
-    """Row count and the sum of the rows' hashes modulo 2**64 (order-independent)."""
-
-    rows: int
-    total: int
-
-    def hex(self) -> str:
-        """The sum as 16 hex digits."""
-        return f"{self.total:016x}"
+from reverse_etl_assets.transform.buckets import HASH_MODULUS, BucketFingerprints, Fingerprint
 
 
 def _element(column: PgColumn) -> sql.Composable:
@@ -109,12 +95,15 @@ def read_buckets(
     columns: Sequence[PgColumn],
     key_columns: Sequence[PgColumn],
     buckets: int,
-) -> dict[int, Fingerprint]:
-    """Run `bucket_query`: each non-empty bucket's fingerprint."""
-    rows = conn.execute(bucket_query(relation, columns, key_columns, buckets)).fetchall()
-    return {
-        int(b): Fingerprint(rows=int(n), total=int(total) % HASH_MODULUS) for b, n, total in rows
-    }
+) -> BucketFingerprints:
+    """Run `bucket_query`: every bucket's fingerprint."""
+    found = BucketFingerprints(buckets)
+    for bucket, rows, total in conn.execute(
+        bucket_query(relation, columns, key_columns, buckets)
+    ).fetchall():
+        found.counts[bucket] = rows
+        found.sums[bucket] = int(total) % HASH_MODULUS
+    return found
 
 
 def read_bucket_rows(

@@ -8,12 +8,13 @@ sides, to name sample keys and what differs about them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,10 +28,10 @@ from reverse_etl_assets.delta.reader import SourceSnapshot, open_source, read_ba
 from reverse_etl_assets.errors import SourceError, SpecError
 from reverse_etl_assets.postgres import ddl, fingerprint, state
 from reverse_etl_assets.postgres.connect import connect
-from reverse_etl_assets.postgres.fingerprint import HASH_MODULUS, Fingerprint
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns, pg_columns
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform import pg_hash
+from reverse_etl_assets.transform.buckets import BucketFingerprints, Fingerprint
 from reverse_etl_assets.transform.cleaning import BatchPreparer
 
 SAMPLE_KEYS = 5
@@ -40,6 +41,7 @@ SAMPLE_KEYS = 5
 BUCKETS = 4096
 # Buckets whose rows are fetched from both sides to name keys: enough for SAMPLE_KEYS, bounded.
 SAMPLE_BUCKETS = 4
+HASH_THREADS = 2
 
 Kind = Literal["changed", "missing", "extra"]
 _KIND_WORDS = {"changed": "changed", "missing": "missing in Postgres", "extra": "extra in Postgres"}
@@ -155,41 +157,28 @@ def _read_total(dsn: str, target: sql.Composable, columns: tuple[PgColumn, ...])
 # --- the Delta side ---------------------------------------------------------------------------
 
 
-class _Buckets:
-    """Row count and hash sum per key bucket of the Delta rows."""
-
-    def __init__(self) -> None:
-        self.counts = np.zeros(BUCKETS, dtype=np.int64)
-        self.sums = np.zeros(BUCKETS, dtype=np.uint64)
-
-    def add(self, key_hashes: np.ndarray, row_hashes: np.ndarray) -> None:
-        """Count rows into their buckets; sums wrap modulo 2**64 as Postgres's do."""
-        buckets = (key_hashes & np.uint64(BUCKETS - 1)).astype(np.intp)
-        self.counts += np.bincount(buckets, minlength=BUCKETS)
-        np.add.at(self.sums, buckets, row_hashes)
-
-    def bucket(self, index: int) -> Fingerprint:
-        """One bucket's fingerprint."""
-        return Fingerprint(rows=int(self.counts[index]), total=int(self.sums[index]))
-
-    def total(self) -> Fingerprint:
-        """The whole table's fingerprint."""
-        return Fingerprint(
-            rows=int(self.counts.sum()), total=int(self.sums.sum(dtype=np.uint64)) % HASH_MODULUS
-        )
-
-
 def _hash_delta(
     table: SyncedTable,
     source: SourceSnapshot,
     columns: tuple[PgColumn, ...],
     keys: tuple[PgColumn, ...],
-) -> _Buckets:
+) -> BucketFingerprints:
     """Bucket fingerprints of the source rows as a sync would land them."""
-    buckets = _Buckets()
+    buckets = BucketFingerprints(BUCKETS)
     if table.timeseries_key is None:
-        for chunk in _wire_chunks(table, source, columns):
-            buckets.add(pg_hash.key_hashes(chunk, keys), pg_hash.row_hashes(chunk, columns))
+        # numpy releases the GIL inside each operation: two batches hash side by side, which
+        # uses the core Postgres leaves idle once its own scan is done.
+        def hashed(chunk: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+            return pg_hash.key_hashes(chunk, keys), pg_hash.row_hashes(chunk, columns)
+
+        with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+            pending: collections.deque[Future[tuple[np.ndarray, np.ndarray]]] = collections.deque()
+            for chunk in _wire_chunks(table, source, columns):
+                pending.append(pool.submit(hashed, chunk))
+                if len(pending) > HASH_THREADS:
+                    buckets.add(*pending.popleft().result())
+            while pending:
+                buckets.add(*pending.popleft().result())
         return buckets
     # Latest row per key: that needs every row's key hash, timestamp and row hash (24 bytes a
     # row, not the rows themselves) before the buckets can be summed.
@@ -281,14 +270,11 @@ def _sample_differences(
     columns: tuple[PgColumn, ...],
     keys: tuple[PgColumn, ...],
     target: sql.Composable,
-    delta: _Buckets,
+    delta: BucketFingerprints,
 ) -> tuple[Difference, ...]:
     """Keys that differ, from the first few buckets whose fingerprints differ."""
     in_postgres = fingerprint.read_buckets(conn, target, columns, keys, BUCKETS)
-    empty = Fingerprint(rows=0, total=0)
-    differing = [b for b in range(BUCKETS) if in_postgres.get(b, empty) != delta.bucket(b)][
-        :SAMPLE_BUCKETS
-    ]
+    differing = in_postgres.differing(delta, limit=SAMPLE_BUCKETS)
     if not differing:
         return ()
     postgres_rows = {
