@@ -2,8 +2,8 @@
 measured in the same run (`make bench`).
 
 Ceilings: psql's \\copy of a pre-encoded binary COPY file into an index-free table, then the
-primary key built; once with one psql session, once with as many parallel sessions as the sync
-uses connections, each loading its own part of the rows into the same table. Verify proves the
+primary key built; once over one psql connection, once over as many parallel psql connections as
+the sync uses, each loading its own part of the rows into the same table. Verify proves the
 synced table equals its source, right after each sync. Each sync and each verify runs in a fresh
 interpreter so its peak RSS is its own. Prints, never gates.
 Target: REVERSE_ETL_PG_DSN or the embedded cluster, database `reverse_etl_bench` only.
@@ -211,7 +211,7 @@ def measure_size(dsn: str, rows: int, *, repeat: int) -> dict[str, Any]:
             verifies.append(time_child(dsn, "--verify-child", rows))
             print(
                 f"  {rows:,} rows, run {attempt}: ceiling {ceiling[-1]:.2f} s, "
-                f"{workers}-session ceiling {parallel[-1]:.2f} s, "
+                f"{workers}-connection ceiling {parallel[-1]:.2f} s, "
                 f"sync {syncs[-1]['seconds']:.2f} s, peak RSS {syncs[-1]['peak_rss_mb']:.0f} MB "
                 f"(after imports {syncs[-1]['import_rss_mb']:.0f} MB), "
                 f"verify {verifies[-1]['seconds']:.2f} s, "
@@ -281,11 +281,11 @@ def time_ceiling(dsn: str, copy_files: list[Path], columns: tuple[PgColumn, ...]
     # The same setting the sync builds its keys with.
     key = [*psql, "-c", "SET maintenance_work_mem = '256MB'", "-c", add_key_sql]
     started = time.monotonic()
-    sessions = [
+    loads = [
         subprocess.Popen([*psql, "-c", f"\\copy {table} FROM '{path}' WITH (FORMAT binary)"])
         for path in copy_files
     ]
-    if any(session.wait() != 0 for session in sessions):
+    if any(load.wait() != 0 for load in loads):
         raise SystemExit("a psql \\copy of the ceiling failed")
     subprocess.run(key, check=True)
     seconds = time.monotonic() - started
@@ -406,37 +406,37 @@ def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
 def print_results(results: dict[str, Any]) -> None:
     """The results as a table, goals last."""
     print(
-        f"\n{'':<22}{'rows':>11}{'seconds':>9}{'rows/s':>11}"
+        f"\n{'':<24}{'rows':>11}{'seconds':>9}{'rows/s':>11}"
         f"{'ratio':>7}{'vs parallel':>13}{'peak RSS MB':>13}"
     )
     for f in results["sizes"]:
         print(
-            f"{'ceiling, 1 session':<22}{f['rows']:>11,}{f['ceiling_seconds']:>9.2f}"
+            f"{'ceiling, 1 connection':<24}{f['rows']:>11,}{f['ceiling_seconds']:>9.2f}"
             f"{f['ceiling_rows_per_second']:>11,.0f}{'1.00':>7}{'-':>13}{'-':>13}"
         )
-        label = f"ceiling, {f['connections']} sessions"
+        label = f"ceiling, {f['connections']} connections"
         print(
-            f"{label:<22}{f['rows']:>11,}{f['parallel_ceiling_seconds']:>9.2f}"
+            f"{label:<24}{f['rows']:>11,}{f['parallel_ceiling_seconds']:>9.2f}"
             f"{f['parallel_ceiling_rows_per_second']:>11,.0f}"
             f"{f['ceiling_seconds'] / f['parallel_ceiling_seconds']:>7.2f}{'1.00':>13}{'-':>13}"
         )
         print(
-            f"{'snapshot sync':<22}{f['rows']:>11,}{f['sync_seconds']:>9.2f}"
+            f"{'snapshot sync':<24}{f['rows']:>11,}{f['sync_seconds']:>9.2f}"
             f"{f['sync_rows_per_second']:>11,.0f}{f['ratio']:>7.2f}{f['parallel_ratio']:>13.2f}"
             f"{f['peak_rss_mb']:>13.0f}"
         )
         print(
-            f"{'verify':<22}{f['rows']:>11,}{f['verify_seconds']:>9.2f}"
+            f"{'verify':<24}{f['rows']:>11,}{f['verify_seconds']:>9.2f}"
             f"{f['rows'] / f['verify_seconds']:>11,.0f}{'-':>7}{'-':>13}"
             f"{f['verify_peak_rss_mb']:>13.0f}"
         )
     print(
         "ceilings: psql \\copy of pre-encoded binary files into an index-free table + primary "
-        "key; 1 session, and as many parallel sessions as the sync's connections"
+        "key; 1 connection, and as many parallel connections as the sync uses"
     )
     print(
         "seconds: median of the runs; peak RSS: highest run; ratio: rows/s to the same-size "
-        "single-session ceiling; vs parallel: to the parallel one"
+        "single-connection ceiling; vs parallel: to the parallel one"
     )
     smallest = results["sizes"][0]
     for f in results["sizes"][1:]:
