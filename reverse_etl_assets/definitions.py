@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import dagster as dg
 
 from reverse_etl_assets import settings
-from reverse_etl_assets.orchestration.asset_decorator import synced_table_assets
+from reverse_etl_assets.orchestration.asset_decorator import IO_MANAGER_KEY, synced_table_assets
 from reverse_etl_assets.orchestration.checks import equality_checks
 from reverse_etl_assets.orchestration.continuous import follower_sensor
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
+from reverse_etl_assets.orchestration.pending_sync import PendingSync
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.orchestration.sensors import source_change_sensor
 from reverse_etl_assets.orchestration.sources import delta_source_assets
@@ -34,12 +35,17 @@ def build_definitions(
     @synced_table_assets(spec=spec, translator=translator)
     def synced_tables(
         context: dg.AssetExecutionContext, postgres: PostgresTarget
-    ) -> Iterator[dg.AssetObservation | dg.MaterializeResult]:
-        yield from postgres.sync(context)
+    ) -> Iterator[dg.AssetObservation | dg.Output[PendingSync]]:
+        yield from postgres.read_sources(context)  # the Postgres IO manager lands each
 
     sources = delta_source_assets(spec.synced_tables, translator)
-    checks = [equality_checks(t, translator.get_asset_spec(t).key) for t in spec.synced_tables]
-    # Observes the sources and runs the schedules: every asset with an automation condition.
+    checks = [
+        equality_checks(
+            t, translator.get_asset_spec(t).key, translator.get_check_automation_condition(t)
+        )
+        for t in spec.synced_tables
+    ]
+    # Observes the sources, runs the schedules and the checks after each sync.
     sensors: list[dg.SensorDefinition] = [
         dg.AutomationConditionSensorDefinition(
             AUTOMATION_SENSOR,
@@ -63,7 +69,7 @@ def build_definitions(
 
 
 def _resources() -> dict[str, object]:
-    return {"postgres": PostgresTarget(), "postgres_io_manager": PostgresTableIOManager()}
+    return {"postgres": PostgresTarget(), IO_MANAGER_KEY: PostgresTableIOManager()}
 
 
 def load_definitions() -> dg.Definitions:

@@ -55,6 +55,11 @@ class TransientError(ReverseEtlError):
     terminal = False
 
 
+class CheckpointMoved(TransientError):
+    """A planned sync found the checkpoint no longer where it was planned from (another sync
+    landed, or the table was reset meanwhile): nothing was written; plan again."""
+
+
 # SQLSTATEs that a retry can cure: the server going away or refusing for now, lock and
 # serialization conflicts, a statement cancelled by a timeout we set.
 _TRANSIENT_POSTGRES = (

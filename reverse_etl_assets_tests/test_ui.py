@@ -31,10 +31,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from reverse_etl_assets.definitions import load_definitions
 from reverse_etl_assets.orchestration.checks import CONTENT_CHECK, ROW_COUNT_CHECK
-from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.orchestration.translator import GROUP, SOURCE_GROUP
 from reverse_etl_assets.settings import ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC, PROJECT_ROOT
-from reverse_etl_assets_tests.helpers import write_delta
+from reverse_etl_assets_tests.helpers import postgres_resources, write_delta
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless Chromium as root on a closed network: no sandbox, no GPU, no background connections.
@@ -124,7 +123,7 @@ def test_ui_shows_sources_upstream_metadata_and_check_results(
         result = dg.materialize(
             [n for n in nodes if isinstance(n, dg.AssetsDefinition | dg.SourceAsset)],
             selection=[ORDERS_SYNCED],  # and its checks, as the UI's Materialize does
-            resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+            resources=postgres_resources(pg_dsn),
             instance=instance,
         )
         assert result.success

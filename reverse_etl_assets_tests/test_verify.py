@@ -19,7 +19,6 @@ import yaml
 
 from reverse_etl_assets.definitions import build_definitions
 from reverse_etl_assets.errors import SpecError
-from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.pipelines.delta_to_postgres.delete import delete_synced_table
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.delta_to_postgres.verify import (
@@ -29,7 +28,14 @@ from reverse_etl_assets.pipelines.delta_to_postgres.verify import (
 )
 from reverse_etl_assets.postgres.protection import allow_pipeline_writes
 from reverse_etl_assets.runtime.progress import describe_progress
-from reverse_etl_assets_tests.helpers import fetch, one_table, spec_of, table_exists, write_delta
+from reverse_etl_assets_tests.helpers import (
+    fetch,
+    one_table,
+    postgres_resources,
+    spec_of,
+    table_exists,
+    write_delta,
+)
 from reverse_etl_assets_tests.test_pg_hash import wide_table
 
 NAME = "lakebase.gold.items_synced"
@@ -153,7 +159,7 @@ def test_asset_checks_pass_then_fail_with_error(tmp_path: Path, pg_dsn: str) -> 
     defs = build_definitions(spec)
     assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
     checks = list(defs.asset_checks or [])
-    resources = {"postgres": PostgresTarget(dsn=pg_dsn)}
+    resources = postgres_resources(pg_dsn)
     result = dg.materialize(
         [*assets, *checks], resources=resources, selection=[dg.AssetKey(NAME.split("."))]
     )

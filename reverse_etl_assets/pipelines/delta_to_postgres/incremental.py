@@ -1,7 +1,7 @@
 """Incremental sync: apply the Change Data Feed of versions L+1..V in one transaction.
 
-Everything is read and checked before the first write; when an increment is impossible or a full
-copy is cheaper, a snapshot swap runs instead and the status says why.
+The checks a plan runs first (schema, range) and the landing of the changes; when the range turns
+out impossible to apply or a full copy is cheaper, a snapshot swap runs instead and says why.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from reverse_etl_assets.delta.log import RangeUnavailable, read_commits
 from reverse_etl_assets.delta.reader import SourceSnapshot, open_source, read_rows_with_keys
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.pipelines.delta_to_postgres import states
-from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_source
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot
 from reverse_etl_assets.postgres import apply, catalog, protection, state
@@ -29,33 +28,30 @@ class SchemaChangeError(DataError):
     """The source dropped, renamed or retyped a column: only a rebuild can follow it."""
 
 
-def sync_incremental(
-    table: SyncedTable, dsn: str, stored: TableState, *, on_progress: Progress | None = None
+def land_incremental(
+    table: SyncedTable,
+    dsn: str,
+    stored: TableState,
+    source: SourceSnapshot,
+    columns: tuple[PgColumn, ...],
+    *,
+    on_progress: Progress | None = None,
 ) -> SyncResult:
-    """Bring a synced table from its checkpoint L to the source's latest version V."""
+    """Apply versions L+1..V (L: the checkpoint in `stored`, V: the pinned `source`) in one
+    transaction; a range that turns out unreadable or too large is swapped in as a snapshot."""
     started = time.monotonic()
     assert stored.last_synced_version is not None
     last = stored.last_synced_version
-    source = open_source(table.source_uri, storage_options=table.storage_options)
-    columns = check_source(table, source)
 
     def full_refresh(reason: str) -> SyncResult:
         return load_snapshot(
             table, dsn, source, columns, reason=f"full refresh: {reason}", on_progress=on_progress
         )
 
-    if source.table_id != stored.table_id or source.version < last:
-        return full_refresh("the source table was recreated (its Delta table id changed)")
-    if source.version == last:
-        return _nothing_to_do(table, dsn, stored, started)
-    with connect(dsn, autocommit=True) as conn:
-        # Before any path is chosen: a full refresh must not follow a dropped column silently.
-        _check_schema(table, catalog.column_types(conn, table.pg_schema, table.pg_table), columns)
     try:
-        _check_range(table, source, start=last + 1)
         changes = read_changes(source.table, start=last + 1, end=source.version)
     except RangeUnavailable as exc:
-        return full_refresh(f"versions {last + 1}..{source.version} cannot be read ({exc})")
+        return full_refresh(unreadable(last, source, exc))
     net = net_changes(
         changes,
         key=table.primary_key,
@@ -95,7 +91,12 @@ def sync_incremental(
     )
 
 
-def _check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> None:
+def unreadable(last: int, source: SourceSnapshot, exc: RangeUnavailable) -> str:
+    """Why the range after checkpoint `last` cannot be applied as changes."""
+    return f"versions {last + 1}..{source.version} cannot be read ({exc})"
+
+
+def check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> None:
     """Every version of the range has its commit and the Change Data Feed on."""
     commits = read_commits(
         source.uri, storage_options=table.storage_options, start=start, end=source.version
@@ -135,7 +136,7 @@ def _apply(
     with connect(dsn) as conn, conn.transaction():
         protection.allow_pipeline_writes(conn)
         live = catalog.column_types(conn, schema, name)
-        _check_schema(table, live, columns)
+        check_schema(table, live, columns)
         apply.add_columns(conn, schema, name, [c for c in columns if c.name not in live])
         if not protection.is_protected(conn, schema=schema, table=name):
             protection.protect_table(conn, schema=schema, table=name, source=table.source)
@@ -164,7 +165,7 @@ def _apply(
     return rows
 
 
-def _check_schema(table: SyncedTable, live: dict[str, str], columns: tuple[PgColumn, ...]) -> None:
+def check_schema(table: SyncedTable, live: dict[str, str], columns: tuple[PgColumn, ...]) -> None:
     """Only added columns can follow incrementally; anything else needs a rebuild."""
     if not live:
         raise SchemaChangeError(
@@ -197,7 +198,9 @@ def _normalize(pg_type: str) -> str:
     return _ALIASES.get(pg_type, pg_type)
 
 
-def _nothing_to_do(table: SyncedTable, dsn: str, stored: TableState, started: float) -> SyncResult:
+def nothing_to_do(table: SyncedTable, dsn: str, stored: TableState) -> SyncResult:
+    """The sync of a table whose source is still at the checkpointed version."""
+    started = time.monotonic()
     if stored.state != states.ONLINE_NO_PENDING_UPDATE:
         with connect(dsn, autocommit=True) as conn:
             state.record_state(

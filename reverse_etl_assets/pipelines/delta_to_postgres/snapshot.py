@@ -86,11 +86,12 @@ def load_snapshot(
     )
 
 
-def skip_snapshot(conn: psycopg.Connection, table: SyncedTable, stored: TableState) -> SyncResult:
+def skip_snapshot(
+    conn: psycopg.Connection, table: SyncedTable, stored: TableState, *, reason: str
+) -> SyncResult:
     """The no-op sync of a snapshot table whose source is still at the checkpointed version."""
     started = time.monotonic()
     version = stored.last_synced_version or 0
-    reason = f"source still at version {version}, the checkpoint: nothing to copy"
     state.record_state(conn, table, state=states.ONLINE_NO_PENDING_UPDATE, message=reason)
     return SyncResult(
         name=table.name,
