@@ -206,3 +206,16 @@ def test_jsonb_text_is_what_postgres_prints(pg_dsn: str) -> None:
 def test_sums_wrap_like_postgres_numeric_modulo() -> None:
     hashes = np.array([2**64 - 1, 2], dtype=np.uint64)
     assert int(hashes.sum(dtype=np.uint64)) == 1
+
+
+def test_json_hashed_by_postgres_equals_json_hashed_here(pg_dsn: str) -> None:
+    texts = pa.array(['{"b":1,"aa":[1,2.50,{"z":null}]}', "[]", None, "1e20", '{"k":1,"k":2}'])
+    with psycopg.connect(pg_dsn) as conn:
+        by_postgres = fingerprint.hash_json_texts(conn, texts)
+    assert by_postgres.tolist() == pg_hash.hash_json_here(texts).tolist()
+    assert by_postgres[2] == 0
+    for one in (pa.array([None], pa.string()), pa.array(["[]"]), pa.array([], pa.string())):
+        with psycopg.connect(pg_dsn) as conn:
+            assert fingerprint.hash_json_texts(conn, one).tolist() == (
+                pg_hash.hash_json_here(one).tolist()
+            )
