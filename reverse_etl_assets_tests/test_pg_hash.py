@@ -219,3 +219,13 @@ def test_json_hashed_by_postgres_equals_json_hashed_here(pg_dsn: str) -> None:
             assert fingerprint.hash_json_texts(conn, one).tolist() == (
                 pg_hash.hash_json_here(one).tolist()
             )
+
+
+def test_the_row_hash_sql_presents_numerics_and_json_as_pg_hash_does() -> None:
+    columns = pg_columns(wide_table().select(["id", "d10", "dec", "st"]).schema, table="t")
+    text = fingerprint.row_hash(columns).as_string()
+    assert text == (
+        'hash_record_extended(ROW("id", ("d10" * 100)::bigint, "dec"::text, "st"::text, '
+        'num_nulls("id", "d10", "dec", "st")), 0)'
+    )
+    assert [pg_hash.hash_form(c) for c in columns] == ["value", "scaled", "text", "text"]

@@ -2,7 +2,8 @@
 64-bit hash, for the whole table or per key bucket, and the keys and hashes of chosen buckets.
 
 Rows are hashed by `hash_record_extended`, which `transform.pg_hash` recomputes over Arrow data,
-so only a few numbers (or the rows of a few buckets) leave the server.
+so only a few numbers (or the rows of a few buckets) leave the server. JSON is the exception the
+other way: texts from elsewhere are sent in to be hashed as Postgres prints them as jsonb.
 """
 
 from __future__ import annotations
