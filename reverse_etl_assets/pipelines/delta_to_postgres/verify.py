@@ -220,7 +220,7 @@ def _wire_chunks(
     table: SyncedTable, source: SourceSnapshot, columns: tuple[PgColumn, ...]
 ) -> Iterator[pa.RecordBatch]:
     """The source rows prepared as a sync prepares them (NULL keys dropped, NUL-byte policy
-    applied, converted for Postgres), read one batch ahead in a thread (parquet decoding releases
+    applied, converted for Postgres), read two batches ahead in a thread (parquet decoding releases
     the GIL). The reader's batches are hashed as they come: at 8x their size the hashing's
     temporaries outgrew the CPU caches and it ran slower (measured)."""
     preparer = BatchPreparer(
