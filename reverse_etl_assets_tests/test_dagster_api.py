@@ -226,3 +226,20 @@ def test_a_transient_error_is_retried_and_a_terminal_one_fails_with_what_to_do(
     assert data.user_failure_data is not None
     assert "duplicate primary key" in (data.user_failure_data.description or "")
     assert "reverse_etl/what_to_do" in data.user_failure_data.metadata
+
+
+class ManualChecks(SyncedTableTranslator):
+    """A user's translator that runs the equality checks only when asked."""
+
+    def get_check_automation_condition(self, table: SyncedTable) -> dg.AutomationCondition | None:
+        return None
+
+
+def test_a_translator_can_leave_checks_to_a_click(two_tables: Spec) -> None:
+    automatic = build_definitions(two_tables).resolve_asset_graph()
+    manual = build_definitions(two_tables, ManualChecks()).resolve_asset_graph()
+    for graph, expected in ((automatic, True), (manual, False)):
+        assert graph.asset_check_keys
+        for key in graph.asset_check_keys:
+            has_condition = graph.get_check_spec(key).automation_condition is not None
+            assert has_condition is expected, key

@@ -105,7 +105,7 @@ class LakehouseSyncTranslator:
             metadata={md.POSTGRES_TABLE: f'"{schema}"."{table}"'},
         )
 
-    def get_check_automation_condition(self, sync: LakehouseSync) -> dg.AutomationCondition:
+    def get_check_automation_condition(self, sync: LakehouseSync) -> dg.AutomationCondition | None:
         """The checks run after each drain, however it ran (a Dagster run, or the CLI recorded
         in the instance); a continuous sync's once an hour, after an update."""
         return check_after_each_update(sync.mode)

@@ -64,7 +64,7 @@ class SyncedTableTranslator:
             ),
         )
 
-    def get_check_automation_condition(self, table: SyncedTable) -> dg.AutomationCondition:
+    def get_check_automation_condition(self, table: SyncedTable) -> dg.AutomationCondition | None:
         """The equality checks run after each new sync, however it ran (a Dagster run, the CLI
         recorded in the instance), so the UI's check status always speaks of the latest sync."""
         return check_after_each_update(table.mode)
