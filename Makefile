@@ -36,11 +36,16 @@ demo: install
 	$(BIN)/reverse-etl status
 
 # The Dagster instance keeps its runs in database `dagster` of the same cluster (dagster.yaml);
-# DAGSTER_PG_* variables already set in the environment take precedence.
+# DAGSTER_PG_* variables already set in the environment take precedence. It runs from
+# DAGSTER_HOME, where `demo` copied dagster.yaml, so Dagster reads that copy and warns of none.
+# (`dagster dev` also suggests `dg dev`, which needs a `dg` project; that hint is silenced.)
 dev: demo
 	pg_env="$$($(BIN)/python -m reverse_etl_assets.dev.embedded_postgres env $(PG_DATA))" && \
 	eval "$$pg_env" && \
-	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	cd $(DAGSTER_HOME_DIR) && \
+	PYTHONWARNINGS='ignore:Function `dev_command` is superseded' \
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) exec $(CURDIR)/$(BIN)/dagster dev \
+		-w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p 3000
 
 stop:
 	@if [ -x $(BIN)/python ]; then \

@@ -1,7 +1,11 @@
-"""Snapshot sync speed and memory against the ceiling, measured in the same run (`make bench`).
+"""Snapshot sync speed and memory against two ceilings, and verify's cost against the sync, all
+measured in the same run (`make bench`).
 
-Ceiling: psql's \\copy of a pre-encoded binary COPY file into an index-free table, then the primary
-key built. Each sync runs in a fresh interpreter so its peak RSS is its own. Prints, never gates.
+Ceilings: psql's \\copy of a pre-encoded binary COPY file into an index-free table, then the
+primary key built; once over one psql connection, once over as many parallel psql connections as
+the sync uses, each loading its own part of the rows into the same table. Verify proves the
+synced table equals its source, right after each sync. Each sync and each verify runs in a fresh
+interpreter so its peak RSS is its own. Prints, never gates.
 Target: REVERSE_ETL_PG_DSN or the embedded cluster, database `reverse_etl_bench` only.
 """
 
@@ -28,6 +32,7 @@ from psycopg import sql
 from reverse_etl_assets import settings
 from reverse_etl_assets.delta.reader import open_source, read_batches
 from reverse_etl_assets.postgres import binary_copy, ddl
+from reverse_etl_assets.postgres.table_load import connections_for
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, pg_columns, to_wire
 from reverse_etl_assets.spec import SyncedTable, parse_spec
 
@@ -40,6 +45,8 @@ CEILING_TABLE = "ceiling"
 SIZES = (2_000_000, 8_000_000)
 GENERATE_CHUNK = 1_000_000
 GOAL_RATIO = 0.8
+GOAL_PARALLEL_RATIO = 0.9
+GOAL_VERIFY_RATIO = 0.2
 GOAL_RSS_MB = 300
 FLAT_TOLERANCE = 1.10  # "flat": the largest table peaks within 10% of the smallest
 
@@ -63,33 +70,40 @@ def main() -> None:
     """Run the benchmark, or (with --sync-child) one sync in this process."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="timings per measurement (median)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=list(SIZES), help="table sizes in rows"
+    )
     parser.add_argument("--sync-child", type=int, metavar="ROWS", help=argparse.SUPPRESS)
+    parser.add_argument("--verify-child", type=int, metavar="ROWS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sync_child:
         sync_once(args.sync_child)
         return
-    run(repeat=args.repeat)
+    if args.verify_child:
+        verify_once(args.verify_child)
+        return
+    run(repeat=args.repeat, sizes=tuple(args.sizes))
 
 
-def run(*, repeat: int) -> None:
+def run(*, repeat: int, sizes: tuple[int, ...] = SIZES) -> None:
     """Generate the tables if missing, measure ceiling and sync at each size, print and save.
 
-    At each size the runs alternate (ceiling, sync, ceiling, ...) so load drifting on a shared
-    machine hits both alike; each figure is the median of its runs.
+    At each size the runs alternate (ceiling, parallel ceiling, sync, verify, ceiling, ...) so
+    load drifting on a shared machine hits all alike; each figure is the median of its runs.
     """
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    for rows in SIZES:
+    for rows in sizes:
         ensure_table(rows)
     dsn = bench_dsn(settings.pg_dsn())
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
         conn.execute(ddl.create_schema(SCHEMA))
     try:
-        sizes = [measure_size(dsn, rows, repeat=repeat) for rows in SIZES]
+        measured = [measure_size(dsn, rows, repeat=repeat) for rows in sizes]
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
-    results = summarize(sizes)
+    results = summarize(measured)
     print_results(results)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults written to {RESULTS.relative_to(ROOT)}")
@@ -180,54 +194,82 @@ def checkpoint(dsn: str) -> None:
 
 
 def measure_size(dsn: str, rows: int, *, repeat: int) -> dict[str, Any]:
-    """Ceiling and sync of the `rows` table, `repeat` times each, alternating."""
+    """Both ceilings, sync and verify of the `rows` table, `repeat` times each, alternating."""
+    workers = connections_for(rows, synced_table(rows).max_connections)
     copy_file = BENCH_DIR / "ceiling.copy"
+    part_files = [BENCH_DIR / f"ceiling-part{i}.copy" for i in range(workers)]
     ceiling: list[float] = []
+    parallel: list[float] = []
     syncs: list[dict[str, Any]] = []
+    verifies: list[dict[str, Any]] = []
     try:
-        columns = encode_ceiling_file(rows, copy_file)
+        columns = encode_ceiling_files(rows, copy_file, part_files)
         for attempt in range(1, repeat + 1):
-            ceiling.append(time_ceiling(dsn, copy_file, columns))
-            syncs.append(time_sync(dsn, rows))
+            ceiling.append(time_ceiling(dsn, [copy_file], columns))
+            parallel.append(time_ceiling(dsn, part_files, columns))
+            syncs.append(time_child(dsn, "--sync-child", rows))
+            verifies.append(time_child(dsn, "--verify-child", rows))
             print(
                 f"  {rows:,} rows, run {attempt}: ceiling {ceiling[-1]:.2f} s, "
+                f"{workers}-connection ceiling {parallel[-1]:.2f} s, "
                 f"sync {syncs[-1]['seconds']:.2f} s, peak RSS {syncs[-1]['peak_rss_mb']:.0f} MB "
-                f"(after imports {syncs[-1]['import_rss_mb']:.0f} MB)",
+                f"(after imports {syncs[-1]['import_rss_mb']:.0f} MB), "
+                f"verify {verifies[-1]['seconds']:.2f} s, "
+                f"peak RSS {verifies[-1]['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
     finally:
-        copy_file.unlink(missing_ok=True)
+        for path in [copy_file, *part_files]:
+            path.unlink(missing_ok=True)
     synced = {s["rows"] for s in syncs}
     if synced != {rows}:
         raise SystemExit(f"the sync of the {rows:,}-row table landed {synced} rows")
+    if not all(v["equal"] for v in verifies):
+        raise SystemExit(f"verify found the synced {rows:,}-row table different from its source")
     return {
         "rows": rows,
+        "connections": workers,
         "ceiling_seconds": statistics.median(ceiling),
+        "parallel_ceiling_seconds": statistics.median(parallel),
         "sync_seconds": statistics.median(s["seconds"] for s in syncs),
+        "verify_seconds": statistics.median(v["seconds"] for v in verifies),
         # Memory is the steadier figure: report the worst run.
         "peak_rss_mb": max(s["peak_rss_mb"] for s in syncs),
         "import_rss_mb": max(s["import_rss_mb"] for s in syncs),
+        "verify_peak_rss_mb": max(v["peak_rss_mb"] for v in verifies),
         "ceiling_runs": ceiling,
+        "parallel_ceiling_runs": parallel,
         "sync_runs": [s["seconds"] for s in syncs],
+        "verify_runs": [v["seconds"] for v in verifies],
         "peak_rss_runs": [s["peak_rss_mb"] for s in syncs],
     }
 
 
-def encode_ceiling_file(rows: int, path: Path) -> tuple[PgColumn, ...]:
-    """Write the `rows` table as one binary COPY stream with the project's own encoder."""
+def encode_ceiling_files(rows: int, whole: Path, parts: list[Path]) -> tuple[PgColumn, ...]:
+    """Write the `rows` table as binary COPY streams with the project's own encoder: all of it
+    into `whole`, and split in consecutive runs of batches, one per file of `parts`."""
     source = open_source(str(table_path(rows)), storage_options={})
     columns = pg_columns(source.schema, table=CEILING_TABLE)
-    print(f"encoding the {rows:,}-row ceiling file (not timed) ...", flush=True)
-    with path.open("wb") as out:
-        out.write(binary_copy.HEADER)
+    print(f"encoding the {rows:,}-row ceiling files (not timed) ...", flush=True)
+    share = -(-rows // len(parts))
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(path.open("wb")) for path in [whole, *parts]]
+        for out in outs:
+            out.write(binary_copy.HEADER)
+        written = 0
         for batch in read_batches(source):
-            out.write(binary_copy.encode_rows(to_wire(batch, columns), columns))
-        out.write(binary_copy.TRAILER)
+            encoded = binary_copy.encode_rows(to_wire(batch, columns), columns)
+            outs[0].write(encoded)
+            outs[1 + min(written // share, len(parts) - 1)].write(encoded)
+            written += batch.num_rows
+        for out in outs:
+            out.write(binary_copy.TRAILER)
     return columns
 
 
-def time_ceiling(dsn: str, copy_file: Path, columns: tuple[PgColumn, ...]) -> float:
-    """Seconds of psql \\copy of `copy_file` into a fresh index-free table + ADD PRIMARY KEY."""
+def time_ceiling(dsn: str, copy_files: list[Path], columns: tuple[PgColumn, ...]) -> float:
+    """Seconds of one psql \\copy per file of `copy_files`, all at once, into a fresh index-free
+    table, then ADD PRIMARY KEY."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(ddl.drop_table(SCHEMA, CEILING_TABLE))
         conn.execute(ddl.create_table(SCHEMA, CEILING_TABLE, columns))
@@ -235,31 +277,35 @@ def time_ceiling(dsn: str, copy_file: Path, columns: tuple[PgColumn, ...]) -> fl
         add_key = ddl.add_primary_key(SCHEMA, CEILING_TABLE, f"{CEILING_TABLE}_pkey", ("id",))
         add_key_sql = add_key.as_string(conn)
     checkpoint(dsn)
-    psql = shutil.which("psql") or "/usr/bin/psql"
-    command = [psql, dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-    command += ["-c", f"\\copy {table} FROM '{copy_file}' WITH (FORMAT binary)"]
+    psql = [shutil.which("psql") or "/usr/bin/psql", dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
     # The same setting the sync builds its keys with.
-    command += ["-c", "SET maintenance_work_mem = '256MB'", "-c", add_key_sql]
+    key = [*psql, "-c", "SET maintenance_work_mem = '256MB'", "-c", add_key_sql]
     started = time.monotonic()
-    subprocess.run(command, check=True)
+    loads = [
+        subprocess.Popen([*psql, "-c", f"\\copy {table} FROM '{path}' WITH (FORMAT binary)"])
+        for path in copy_files
+    ]
+    if any(load.wait() != 0 for load in loads):
+        raise SystemExit("a psql \\copy of the ceiling failed")
+    subprocess.run(key, check=True)
     seconds = time.monotonic() - started
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(ddl.drop_table(SCHEMA, CEILING_TABLE))
     return seconds
 
 
-def time_sync(dsn: str, rows: int) -> dict[str, Any]:
-    """Seconds and peak RSS of one snapshot sync of the `rows` table, in a fresh interpreter."""
+def time_child(dsn: str, flag: str, rows: int) -> dict[str, Any]:
+    """The JSON line of `--sync-child ROWS` or `--verify-child ROWS` run in a fresh interpreter."""
     checkpoint(dsn)
     child = subprocess.run(
-        [sys.executable, "-m", "benchmarks.snapshot", "--sync-child", str(rows)],
+        [sys.executable, "-m", "benchmarks.snapshot", flag, str(rows)],
         cwd=ROOT,
         env={**os.environ, settings.ENV_PG_DSN: dsn},
         capture_output=True,
         text=True,
     )
     if child.returncode != 0:
-        raise SystemExit(f"the sync of {rows:,} rows failed:\n{child.stderr}")
+        raise SystemExit(f"{flag} of {rows:,} rows failed:\n{child.stderr}")
     result: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
     return result
 
@@ -282,6 +328,21 @@ def sync_once(rows: int) -> None:
     print(json.dumps(report))
 
 
+def verify_once(rows: int) -> None:
+    """One verify of the synced `rows` table in this (fresh) process; prints a JSON line."""
+    from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
+
+    table = synced_table(rows)
+    started = time.monotonic()
+    result = verify_table(table, settings.pg_dsn())
+    seconds = time.monotonic() - started
+    print(
+        json.dumps(
+            {"seconds": seconds, "equal": result.content_matches, "peak_rss_mb": _peak_rss_mb()}
+        )
+    )
+
+
 def _peak_rss_mb() -> float:
     """This process's peak RSS. Linux's ru_maxrss survives exec, so a child forked from a big
     parent would report the parent's peak; VmHWM belongs to the current address space only."""
@@ -302,14 +363,18 @@ def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     figures = []
     for size in sizes:
         ceiling_rate = size["rows"] / size["ceiling_seconds"]
+        parallel_rate = size["rows"] / size["parallel_ceiling_seconds"]
         sync_rate = size["rows"] / size["sync_seconds"]
         figures.append(
             {
                 **size,
                 "ceiling_rows_per_second": ceiling_rate,
+                "parallel_ceiling_rows_per_second": parallel_rate,
                 "sync_rows_per_second": sync_rate,
                 "ratio": sync_rate / ceiling_rate,
+                "parallel_ratio": sync_rate / parallel_rate,
                 "ratio_to_smallest_ceiling": sync_rate / smallest_ceiling,
+                "verify_to_sync": size["verify_seconds"] / size["sync_seconds"],
             }
         )
     small, large = figures[0], figures[-1]
@@ -317,6 +382,14 @@ def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
         "sizes": figures,
         "goals": {
             "ratio": {"goal": GOAL_RATIO, "met": all(f["ratio"] >= GOAL_RATIO for f in figures)},
+            "parallel_ratio": {
+                "goal": GOAL_PARALLEL_RATIO,
+                "met": all(f["parallel_ratio"] >= GOAL_PARALLEL_RATIO for f in figures),
+            },
+            "verify_to_sync": {
+                "goal": GOAL_VERIFY_RATIO,
+                "met": all(f["verify_to_sync"] <= GOAL_VERIFY_RATIO for f in figures),
+            },
             "peak_rss_mb": {
                 "goal": GOAL_RSS_MB,
                 "met": all(f["peak_rss_mb"] <= GOAL_RSS_MB for f in figures),
@@ -332,29 +405,56 @@ def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_results(results: dict[str, Any]) -> None:
     """The results as a table, goals last."""
-    print(f"\n{'':<15}{'rows':>11}{'seconds':>9}{'rows/s':>11}{'ratio':>7}{'peak RSS MB':>13}")
+    print(
+        f"\n{'':<24}{'rows':>11}{'seconds':>9}{'rows/s':>11}"
+        f"{'ratio':>7}{'vs parallel':>13}{'peak RSS MB':>13}"
+    )
     for f in results["sizes"]:
         print(
-            f"{'ceiling':<15}{f['rows']:>11,}{f['ceiling_seconds']:>9.2f}"
-            f"{f['ceiling_rows_per_second']:>11,.0f}{'1.00':>7}{'-':>13}"
+            f"{'ceiling, 1 connection':<24}{f['rows']:>11,}{f['ceiling_seconds']:>9.2f}"
+            f"{f['ceiling_rows_per_second']:>11,.0f}{'1.00':>7}{'-':>13}{'-':>13}"
+        )
+        label = f"ceiling, {f['connections']} connections"
+        print(
+            f"{label:<24}{f['rows']:>11,}{f['parallel_ceiling_seconds']:>9.2f}"
+            f"{f['parallel_ceiling_rows_per_second']:>11,.0f}"
+            f"{f['ceiling_seconds'] / f['parallel_ceiling_seconds']:>7.2f}{'1.00':>13}{'-':>13}"
         )
         print(
-            f"{'snapshot sync':<15}{f['rows']:>11,}{f['sync_seconds']:>9.2f}"
-            f"{f['sync_rows_per_second']:>11,.0f}{f['ratio']:>7.2f}{f['peak_rss_mb']:>13.0f}"
+            f"{'snapshot sync':<24}{f['rows']:>11,}{f['sync_seconds']:>9.2f}"
+            f"{f['sync_rows_per_second']:>11,.0f}{f['ratio']:>7.2f}{f['parallel_ratio']:>13.2f}"
+            f"{f['peak_rss_mb']:>13.0f}"
+        )
+        print(
+            f"{'verify':<24}{f['rows']:>11,}{f['verify_seconds']:>9.2f}"
+            f"{f['rows'] / f['verify_seconds']:>11,.0f}{'-':>7}{'-':>13}"
+            f"{f['verify_peak_rss_mb']:>13.0f}"
         )
     print(
-        "ceiling: psql \\copy of a pre-encoded binary file into an index-free table + primary key"
+        "ceilings: psql \\copy of pre-encoded binary files into an index-free table + primary "
+        "key; 1 connection, and as many parallel connections as the sync uses"
     )
-    print("seconds: median of the runs; peak RSS: highest run; ratio: to the same-size ceiling")
+    print(
+        "seconds: median of the runs; peak RSS: highest run; ratio: rows/s to the same-size "
+        "single-connection ceiling; vs parallel: to the parallel one"
+    )
     smallest = results["sizes"][0]
     for f in results["sizes"][1:]:
         print(
             f"{f['rows']:,} rows against the {smallest['rows']:,}-row ceiling: "
             f"ratio {f['ratio_to_smallest_ceiling']:.2f}"
         )
+    for f in results["sizes"]:
+        print(
+            f"{f['rows']:,} rows: verify / snapshot sync = {f['verify_to_sync']:.2f} "
+            f"({f['verify_seconds']:.2f} s / {f['sync_seconds']:.2f} s); snapshot / parallel "
+            f"ceiling = {f['parallel_ratio']:.2f}"
+        )
     goals = results["goals"]
     print(
         f"\ngoals: ratio >= {GOAL_RATIO}: {_verdict(goals['ratio'])}; "
+        f"vs parallel >= {GOAL_PARALLEL_RATIO}: {_verdict(goals['parallel_ratio'])}; "
+        f"verify / sync <= {GOAL_VERIFY_RATIO}: {_verdict(goals['verify_to_sync'])}; "
         f"peak RSS <= {GOAL_RSS_MB} MB: {_verdict(goals['peak_rss_mb'])}; "
         f"peak RSS flat as rows grow 4x: {_verdict(goals['flat_rss'])}"
     )

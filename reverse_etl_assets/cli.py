@@ -29,7 +29,11 @@ from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 from reverse_etl_assets.pipelines.postgres_to_delta.delete import delete_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.follow import follow_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.preflight import check_lakehouse
-from reverse_etl_assets.pipelines.postgres_to_delta.run import source_dsn, sync_lakehouse
+from reverse_etl_assets.pipelines.postgres_to_delta.run import (
+    LakehouseResult,
+    source_dsn,
+    sync_lakehouse,
+)
 from reverse_etl_assets.pipelines.postgres_to_delta.status import LakehouseStatus, lakehouse_status
 from reverse_etl_assets.pipelines.postgres_to_delta.verify import verify_lakehouse
 from reverse_etl_assets.postgres import state
@@ -254,10 +258,24 @@ def _sync_lakehouse(syncs: list[LakehouseSync], *, full_refresh: bool) -> int:
             print(f"FAIL {sync.name}: {_explain(failure)}", file=sys.stderr)
             continue
         print(result.describe())
+        _record_lakehouse_in_dagster(sync, result)
         for table, message in sorted(result.failed_tables.items()):
             print(f"FAIL {sync.name}: {table}: {message}", file=sys.stderr)
             failed += 1
     return failed
+
+
+def _record_lakehouse_in_dagster(sync: LakehouseSync, result: LakehouseResult) -> None:
+    """With DAGSTER_HOME set, each history and mirror the sync wrote appears in that Dagster
+    instance as a materialization."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return
+    from reverse_etl_assets.orchestration.lakehouse_events import record_cli_lakehouse_sync
+
+    try:
+        record_cli_lakehouse_sync(sync, result, settings.pg_dsn())
+    except Exception as exc:  # the sync itself succeeded; say why the UI will not show it
+        print(f"WARN {sync.name}: not recorded in the Dagster instance: {exc}", file=sys.stderr)
 
 
 def _follow(args: argparse.Namespace) -> int:

@@ -91,3 +91,15 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=300,
     )
+
+
+def postgres_resources(dsn: str = "") -> dict[str, Any]:
+    """What the synced-table assets need: the target Postgres (read side) and the IO manager
+    that lands their output (empty `dsn`: REVERSE_ETL_PG_DSN)."""
+    from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
+    from reverse_etl_assets.orchestration.resources import PostgresTarget
+
+    return {
+        "postgres": PostgresTarget(dsn=dsn),
+        "postgres_io_manager": PostgresTableIOManager(dsn=dsn),
+    }

@@ -22,12 +22,12 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from deltalake import DeltaTable, write_deltalake
 
 from reverse_etl_assets.definitions import build_definitions, load_definitions
-from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.orchestration.checks import CONTENT_CHECK, ROW_COUNT_CHECK
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.settings import DEFAULT_SPEC, ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
 from reverse_etl_assets.spec import load_spec
-from reverse_etl_assets_tests.helpers import run_cli
+from reverse_etl_assets_tests.helpers import postgres_resources, run_cli
 
 SYNCED = dg.AssetKey(["lakebase", "gold", "t_synced"])
 SOURCE = dg.AssetKey(["analytics", "gold", "t"])
@@ -124,7 +124,7 @@ def _observe(defs: dg.Definitions, key: dg.AssetKey, instance: dg.DagsterInstanc
     """Run the observable source asset `key` once; its reported data version."""
     job = dg.define_asset_job("observe_source", selection=dg.AssetSelection.assets(key))
     result = (
-        dg.Definitions(assets=_assets(defs), jobs=[job], resources={"postgres": PostgresTarget()})
+        dg.Definitions(assets=_assets(defs), jobs=[job], resources=postgres_resources())
         .resolve_job_def("observe_source")
         .execute_in_process(instance=instance)
     )
@@ -174,6 +174,47 @@ def test_schedule_requests_a_sync_at_the_cron_tick(defs: dg.Definitions) -> None
     assert SOURCE in requested  # sources are observed every minute
 
 
+def test_checks_run_on_their_own_after_a_sync_recorded_from_outside_a_run(
+    defs: dg.Definitions, pg_dsn: str
+) -> None:
+    """A sync the CLI recorded in the instance is checked without anyone clicking anything."""
+    instance = dg.DagsterInstance.ephemeral()
+    now = dt.datetime.now(dt.UTC)
+    checks = {k for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == SYNCED}
+    assert len(checks) == 2
+
+    def requested(result: Any) -> set[Any]:
+        return {r.key for r in result.results if r.true_subset.size} & checks
+
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=now)
+    assert requested(first) == set()  # nothing synced yet: nothing to check
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=SYNCED))
+    after_sync = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=first.cursor, evaluation_time=now
+    )
+    assert requested(after_sync) == checks
+    # The daemon's very first evaluation, after syncs it never saw happen (`make demo`).
+    fresh = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=now)
+    assert requested(fresh) == checks
+
+    # A run that materializes the table runs its checks in the same run: none run again.
+    nodes = [*(defs.assets or ()), *(defs.asset_checks or ())]
+    result = dg.materialize(
+        [n for n in nodes if isinstance(n, dg.AssetsDefinition)],
+        selection=[SYNCED],
+        resources=postgres_resources(pg_dsn),
+        instance=instance,
+    )
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        ROW_COUNT_CHECK: True,
+        CONTENT_CHECK: True,
+    }
+    after_run = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=after_sync.cursor, evaluation_time=now
+    )
+    assert requested(after_run) == set()
+
+
 def test_materialize_syncs_with_metadata_and_source_version(
     defs: dg.Definitions, pg_dsn: str, three_part_source: Path
 ) -> None:
@@ -181,7 +222,7 @@ def test_materialize_syncs_with_metadata_and_source_version(
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         instance=instance,
     )
 
@@ -218,7 +259,7 @@ def test_duplicate_key_fails_the_run_and_marks_the_table_offline(
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         raise_on_error=False,
     )
 
@@ -281,7 +322,7 @@ def _sync(defs: dg.Definitions, instance: dg.DagsterInstance, pg_dsn: str) -> No
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         instance=instance,
     )
     assert result.success
@@ -325,7 +366,7 @@ def test_a_snapshot_of_an_unchanged_source_is_a_no_op(
     result = dg.materialize(
         _assets(defs),
         selection=[SYNCED],
-        resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+        resources=postgres_resources(pg_dsn),
         instance=instance,
     )
     metadata = {k: v.value for k, v in _materialization(result, SYNCED).metadata.items()}

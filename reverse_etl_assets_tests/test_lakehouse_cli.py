@@ -114,6 +114,23 @@ def wait_for(condition: Any, seconds: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def server_now(dsn: str) -> Any:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+
+
+def streaming_since(dsn: str, since: Any) -> bool:
+    """A follower that connected after `since` streams from the sync's slot."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_activity a "
+            "ON a.pid = s.active_pid WHERE s.slot_name = 'reverse_etl_app' "
+            "AND a.backend_start > %s",
+            (since,),
+        ).fetchone()
+    return row is not None and row[0] == 1
+
+
 def history_ids(tmp_path: Path) -> list[int]:
     try:
         return [r["id"] for r in history(log_of(tmp_path)) if r["_pg_change_type"] == "insert"]
@@ -138,9 +155,12 @@ def test_follower_survives_kill_9_and_lands_every_change_once(pg_dsn: str, tmp_p
         finally:
             follower.send_signal(signal.SIGKILL)
             follower.wait(30)
+    started = server_now(pg_dsn)
     follower = start_follower(env)
     try:
         wait_for(lambda: len(history_ids(tmp_path)) >= written)
+        # Up and streaming (so it handles SIGTERM), even when the rows were all in already.
+        wait_for(lambda: streaming_since(pg_dsn, started))
         time.sleep(2)  # anything written twice would show by now
     finally:
         follower.send_signal(signal.SIGTERM)

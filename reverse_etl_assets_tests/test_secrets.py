@@ -20,13 +20,12 @@ from reverse_etl_assets.errors import ConfigError, ReverseEtlError
 from reverse_etl_assets.orchestration import resources as resources_module
 from reverse_etl_assets.orchestration.continuous import follower_job
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
-from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
 from reverse_etl_assets.postgres.connect import redact
 from reverse_etl_assets.postgres.replication.session import connect_replication, connect_session
 from reverse_etl_assets.settings import ENV_PG_DSN, ENV_SPEC
 from reverse_etl_assets.spec import load_spec
-from reverse_etl_assets_tests.helpers import write_delta
+from reverse_etl_assets_tests.helpers import postgres_resources, write_delta
 
 DAGSTER_CLI = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "reverse_etl_assets"]
 PASSWORD = "Zq9%Kp!Sekret"
@@ -84,7 +83,7 @@ def test_dagster_follower_run_keeps_the_password_out_of_the_event_log(
     instance = dg.DagsterInstance.ephemeral()
     result = follower_job(table).execute_in_process(
         run_config={"ops": {"follow__a__b__cont__op": {"config": {"max_seconds": 0.5}}}},
-        resources={"postgres": PostgresTarget(dsn=dsn)},
+        resources=postgres_resources(dsn),
         instance=instance,
         raise_on_error=False,
     )
@@ -102,7 +101,7 @@ def test_dagster_asset_and_io_manager_keep_the_password_out(
     synced = dg.materialize(
         assets,
         selection=[dg.AssetKey(["a", "b", "snap"])],
-        resources={"postgres": PostgresTarget(dsn=dsn)},
+        resources=postgres_resources(dsn),
         instance=instance,
         raise_on_error=False,
     )

@@ -31,10 +31,20 @@ from psycopg.conninfo import conninfo_to_dict
 
 from reverse_etl_assets.definitions import load_definitions
 from reverse_etl_assets.orchestration.checks import CONTENT_CHECK, ROW_COUNT_CHECK
-from reverse_etl_assets.orchestration.resources import PostgresTarget
+from reverse_etl_assets.orchestration.lakehouse_checks import (
+    CONTENT_CHECK as LAKEHOUSE_CONTENT_CHECK,
+)
+from reverse_etl_assets.orchestration.lakehouse_checks import RETAINED_WAL_CHECK
+from reverse_etl_assets.orchestration.lakehouse_checks import (
+    ROW_COUNT_CHECK as LAKEHOUSE_ROW_COUNT_CHECK,
+)
+from reverse_etl_assets.orchestration.lakehouse_resource import LakehouseSyncResource
+from reverse_etl_assets.orchestration.lakehouse_translator import GROUP as LAKEHOUSE_GROUP
+from reverse_etl_assets.orchestration.lakehouse_translator import POSTGRES_GROUP
 from reverse_etl_assets.orchestration.translator import GROUP, SOURCE_GROUP
 from reverse_etl_assets.settings import ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC, PROJECT_ROOT
-from reverse_etl_assets_tests.helpers import write_delta
+from reverse_etl_assets_tests.helpers import postgres_resources, write_delta
+from reverse_etl_assets_tests.lakehouse_helpers import execute
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless Chromium as root on a closed network: no sandbox, no GPU, no background connections.
@@ -124,7 +134,7 @@ def test_ui_shows_sources_upstream_metadata_and_check_results(
         result = dg.materialize(
             [n for n in nodes if isinstance(n, dg.AssetsDefinition | dg.SourceAsset)],
             selection=[ORDERS_SYNCED],  # and its checks, as the UI's Materialize does
-            resources={"postgres": PostgresTarget(dsn=pg_dsn)},
+            resources=postgres_resources(pg_dsn),
             instance=instance,
         )
         assert result.success
@@ -217,8 +227,7 @@ def _node(page: Page, key: dg.AssetKey) -> Locator:
 
 
 def _box(page: Page, key: dg.AssetKey) -> _Box:
-    node = _node(page, key)
-    return _Box(*(float(node.get_attribute(a) or "nan") for a in ("x", "y", "width", "height")))
+    return _box_of(_node(page, key))
 
 
 def _edge_paths(page: Page) -> list[str]:
@@ -344,3 +353,157 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+PG_ORDERS = dg.AssetKey(["postgres", "app", "orders"])
+MIRROR = dg.AssetKey(["bronze", "app", "orders"])
+HISTORY = dg.AssetKey(["bronze", "app", "lb_orders_history"])
+SERVED = dg.AssetKey(["lakebase", "serving", "orders_synced"])
+APP_ORDERS = 25
+
+
+@pytest.fixture
+def lakehouse_spec(tmp_path: Path, pg_dsn: str) -> Path:
+    """The closed loop: `app.orders` streamed into bronze.app, served back from Postgres."""
+    execute(
+        pg_dsn,
+        "CREATE SCHEMA app",
+        "CREATE TABLE app.orders (id bigint PRIMARY KEY, amount numeric(10, 2))",
+        f"INSERT INTO app.orders SELECT g, g * 1.5 FROM generate_series(1, {APP_ORDERS}) g",
+    )
+    spec = tmp_path / "synced_tables.yaml"
+    spec.write_text(
+        """
+lake_root: lake
+synced_tables:
+  - name: lakebase.serving.orders_synced
+    source: bronze.app.orders
+    primary_key: [id]
+    mode: triggered
+lakehouse_syncs:
+  - name: app
+    tables: [app.orders]
+    target: bronze.app
+    mode: triggered
+"""
+    )
+    return spec
+
+
+def test_ui_shows_the_closed_loop_with_lakehouse_metadata_and_checks(
+    tmp_path: Path, lakehouse_spec: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
+    for name, value in {
+        ENV_SPEC: str(lakehouse_spec),
+        ENV_PG_DSN: pg_dsn,
+        "DAGSTER_HOME": str(home),
+        **_dagster_storage_env(pg_dsn),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    with dg.DagsterInstance.get() as instance, _webserver(tmp_path) as server:
+        defs = load_definitions()
+        nodes = [*(defs.assets or ()), *(defs.asset_checks or ())]
+        assets = [n for n in nodes if isinstance(n, dg.AssetsDefinition)]
+        resources = {**postgres_resources(pg_dsn), "lakehouse": LakehouseSyncResource()}
+        drained = dg.materialize(
+            assets, selection=[MIRROR, HISTORY], resources=resources, instance=instance
+        )
+        assert drained.success
+        [event] = [e for e in drained.get_asset_materialization_events() if e.asset_key == MIRROR]
+        metadata = {
+            k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()
+        }
+        assert metadata["dagster/row_count"] == APP_ORDERS
+        checks = {
+            (e.asset_key, e.check_name): e.passed for e in drained.get_asset_check_evaluations()
+        }
+        assert checks == {
+            (MIRROR, LAKEHOUSE_ROW_COUNT_CHECK): True,
+            (MIRROR, LAKEHOUSE_CONTENT_CHECK): True,
+            (MIRROR, RETAINED_WAL_CHECK): True,
+            (HISTORY, RETAINED_WAL_CHECK): True,
+        }
+        served = dg.materialize(assets, selection=[SERVED], resources=resources, instance=instance)
+        assert served.success
+
+        server.wait_until_serving()
+        _skip_welcome_dialog(server.url)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.set_default_timeout(UI_TIMEOUT_MS)
+                expect.set_options(timeout=UI_TIMEOUT_MS)
+                _check_closed_loop_graph(page, server.url)
+                _check_mirror_page(page, server.url, metadata)
+                _check_mirror_checks(page, server.url)
+            finally:
+                browser.close()
+
+
+def _check_closed_loop_graph(page: Page, url: str) -> None:
+    """Postgres table -> history and mirror -> the synced table fed by the mirror."""
+    page.goto(f"{url}/asset-groups")
+    for group in (POSTGRES_GROUP, LAKEHOUSE_GROUP, GROUP):
+        expect(page.locator("svg foreignObject").get_by_text(group, exact=True)).to_be_visible()
+    page.keyboard.press("Alt+e")  # the graph's "Expand all groups"
+    # The Postgres table and its mirror share a label; the mirror is the one of kind delta.
+    orders = page.locator("svg foreignObject").filter(has=page.get_by_text("orders", exact=True))
+    nodes = {
+        PG_ORDERS: orders.filter(has_not_text="delta").last,
+        MIRROR: orders.filter(has_text="delta").last,
+        HISTORY: _node(page, HISTORY),
+        SERVED: _node(page, SERVED),
+    }
+    for node in nodes.values():
+        expect(node).to_be_visible()
+    expect(nodes[MIRROR]).to_contain_text("Materialized")
+    expect(nodes[MIRROR]).to_contain_text(re.compile(r"3\s*/\s*3\s*Passed"))
+    expect(nodes[HISTORY]).to_contain_text(re.compile(r"1\s*/\s*1\s*Passed"))
+    expect(nodes[SERVED]).to_contain_text("Materialized")
+
+    boxes = {key: _box_of(node) for key, node in nodes.items()}
+    edges = [_endpoints(d) for d in _edge_paths(page)]
+    for upstream, downstream in ((PG_ORDERS, HISTORY), (PG_ORDERS, MIRROR), (MIRROR, SERVED)):
+        assert any(
+            _leaves(start, boxes[upstream]) and _enters(end, boxes[downstream])
+            for start, end in edges
+        ), f"no edge {upstream.to_user_string()} -> {downstream.to_user_string()} among {edges}"
+    assert len(edges) == 3, edges
+
+
+def _check_mirror_page(page: Page, url: str, metadata: dict[str, Any]) -> None:
+    """The mirror's page names its Postgres table upstream and shows the drain's metadata."""
+    page.goto(f"{url}/assets/{MIRROR.to_user_string()}")
+
+    upstream = page.get_by_text("Upstream assets", exact=True).locator("xpath=..").locator("a")
+    expect(upstream).to_have_attribute("href", f"/assets/{PG_ORDERS.to_user_string()}")
+    row_count = page.get_by_text("Row count", exact=True).locator("xpath=following-sibling::*")
+    expect(row_count).to_have_text(f"{APP_ORDERS:,}")
+    for key in ("reverse_etl/last_lsn", "reverse_etl/slot", "reverse_etl/sync_path"):
+        row = page.locator("tr").filter(has=page.get_by_text(key, exact=True))
+        expect(row.locator("td").last).to_have_text(str(metadata[key]))
+    for key in ("reverse_etl/delta_version", "reverse_etl/retained_wal_bytes"):
+        row = page.locator("tr").filter(has=page.get_by_text(key, exact=True))
+        shown = row.locator("td").last.inner_text().strip()
+        assert float(shown.replace(",", "")) == metadata[key], (key, shown)
+
+
+def _check_mirror_checks(page: Page, url: str) -> None:
+    """The mirror's checks passed: it equals Postgres, and the slot keeps little WAL."""
+    page.goto(f"{url}/assets/{MIRROR.to_user_string()}?view=checks")
+    for name in (LAKEHOUSE_ROW_COUNT_CHECK, LAKEHOUSE_CONTENT_CHECK, RETAINED_WAL_CHECK):
+        listed = page.locator("span").filter(has=page.get_by_title(name, exact=True)).last
+        expect(listed).to_contain_text("Succeeded")
+    page.get_by_title(LAKEHOUSE_CONTENT_CHECK, exact=True).click()
+    expect(page.get_by_text("Passed", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"app.orders: {APP_ORDERS:,} rows equal").first).to_be_visible()
+
+
+def _box_of(node: Locator) -> _Box:
+    return _Box(*(float(node.get_attribute(a) or "nan") for a in ("x", "y", "width", "height")))

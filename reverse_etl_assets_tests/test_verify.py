@@ -1,6 +1,7 @@
 """Proofs of equality (verify and the asset checks), delete, and progress lines.
 
-A tampered row, a missing row and an extra row must all be caught, naming the key.
+A tampered row, a missing row and an extra row must all be caught, naming the key and the kind
+of difference, for every mapped type.
 """
 
 from __future__ import annotations
@@ -18,13 +19,24 @@ import yaml
 
 from reverse_etl_assets.definitions import build_definitions
 from reverse_etl_assets.errors import SpecError
-from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.pipelines.delta_to_postgres.delete import delete_synced_table
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
-from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
+from reverse_etl_assets.pipelines.delta_to_postgres.verify import (
+    SAMPLE_KEYS,
+    Difference,
+    verify_table,
+)
 from reverse_etl_assets.postgres.protection import allow_pipeline_writes
 from reverse_etl_assets.runtime.progress import describe_progress
-from reverse_etl_assets_tests.helpers import fetch, one_table, spec_of, table_exists, write_delta
+from reverse_etl_assets_tests.helpers import (
+    fetch,
+    one_table,
+    postgres_resources,
+    spec_of,
+    table_exists,
+    write_delta,
+)
+from reverse_etl_assets_tests.test_pg_hash import wide_table
 
 NAME = "lakebase.gold.items_synced"
 
@@ -147,7 +159,7 @@ def test_asset_checks_pass_then_fail_with_error(tmp_path: Path, pg_dsn: str) -> 
     defs = build_definitions(spec)
     assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
     checks = list(defs.asset_checks or [])
-    resources = {"postgres": PostgresTarget(dsn=pg_dsn)}
+    resources = postgres_resources(pg_dsn)
     result = dg.materialize(
         [*assets, *checks], resources=resources, selection=[dg.AssetKey(NAME.split("."))]
     )
@@ -176,3 +188,106 @@ def test_progress_lines() -> None:
     assert "250,000 rows/s" in line and "ETA 6s" in line
     assert describe_progress(10, None, 1.0) == "10 rows  10 rows/s"
     assert "ETA 1h06m" in describe_progress(1, 4_000, 1.0)
+
+
+def every_type_source() -> pa.Table:
+    """The hash tests' table of every mapped type, less interval (Delta has none)."""
+    return wide_table().drop_columns(["dur"])
+
+
+@pytest.mark.parametrize(
+    ("statement", "kind", "key"),
+    [
+        ("UPDATE gold.items_synced SET dec = -dec WHERE id = 4", "changed", 4),
+        ("UPDATE gold.items_synced SET d10 = -d10 WHERE id = 4", "changed", 4),
+        ("UPDATE gold.items_synced SET d18 = d18 - 1 WHERE id = 2", "changed", 2),
+        ("UPDATE gold.items_synced SET f8 = NULL WHERE id = 0", "changed", 0),
+        ("UPDATE gold.items_synced SET f4 = 'NaN' WHERE id = 5", "changed", 5),
+        ("UPDATE gold.items_synced SET s = NULL WHERE id = 0", "changed", 0),
+        ("UPDATE gold.items_synced SET ls = ls || ' ' WHERE id = 6", "changed", 6),
+        ("UPDATE gold.items_synced SET bin = '\\x00' WHERE id = 1", "changed", 1),
+        ("UPDATE gold.items_synced SET i1 = -i1 WHERE id = 3", "changed", 3),
+        ("UPDATE gold.items_synced SET b = NOT b WHERE id = 1", "changed", 1),
+        ("UPDATE gold.items_synced SET d = d + 1 WHERE id = 2", "changed", 2),
+        ("UPDATE gold.items_synced SET ts = ts + '1 microsecond' WHERE id = 3", "changed", 3),
+        ("UPDATE gold.items_synced SET ntz = ntz - interval '1 day' WHERE id = 1", "changed", 1),
+        ("UPDATE gold.items_synced SET st = jsonb_set(st, '{zz}', '3') WHERE id = 3", "changed", 3),
+        ("UPDATE gold.items_synced SET map = '{\"k\": 1.5}' WHERE id = 0", "changed", 0),
+        ("UPDATE gold.items_synced SET arr = '[1, 3]' WHERE id = 0", "changed", 0),
+        ("DELETE FROM gold.items_synced WHERE id = 7", "missing", 7),
+        ("INSERT INTO gold.items_synced (id) VALUES (100)", "extra", 100),
+    ],
+)
+def test_verify_names_each_kind_of_tampering_across_types(
+    tmp_path: Path, pg_dsn: str, statement: str, kind: str, key: int
+) -> None:
+    write_delta(tmp_path / "src", every_type_source())
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    tamper(pg_dsn, "UPDATE gold.items_synced SET st = st::text::jsonb")  # same JSON: still equal
+    clean = verify_table(table, pg_dsn)
+    assert clean.content_matches, clean.describe()
+    tamper(pg_dsn, statement)
+    dirty = verify_table(table, pg_dsn)
+    assert not dirty.content_matches
+    assert dirty.differences == (Difference(kind=kind, key={"id": key}),)  # type: ignore[arg-type]
+    assert f"{{'id': {key}}} (" in dirty.describe()
+
+
+def test_verify_follows_the_sync_rules_for_null_keys_nul_bytes_and_latest_rows(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = pa.table(
+        {
+            "id": pa.array([1, 1, 2, None, 3], pa.int64()),
+            "ts": pa.array([10, 20, 5, 1, None], pa.int64()),
+            "v": ["old", "new", "a\x00b", "no key", None],
+        }
+    )
+    write_delta(tmp_path / "src", source)
+    table = one_table(
+        tmp_path,
+        source=str(tmp_path / "src"),
+        primary_key=["id"],
+        timeseries_key="ts",
+        on_invalid_characters="strip",
+    )
+    sync_table(table, pg_dsn)
+    clean = verify_table(table, pg_dsn)
+    assert clean.content_matches and clean.postgres_rows == 3, clean.describe()
+    tamper(pg_dsn, "UPDATE gold.items_synced SET v = 'old', ts = 10 WHERE id = 1")
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.differences == (Difference(kind="changed", key={"id": 1}),)
+
+
+def test_verify_writes_nothing_to_postgres(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "src", source_table())
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    relations = "SELECT count(*) FROM pg_class WHERE relkind = 'r'"
+    before = fetch(pg_dsn, relations)
+    tamper(pg_dsn, "DELETE FROM gold.items_synced WHERE id = 1")
+    assert not verify_table(table, pg_dsn).content_matches
+    assert fetch(pg_dsn, relations) == before
+
+
+def test_many_differences_are_sampled_from_a_few_buckets(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "src", pa.table({"id": pa.array(range(20_000), pa.int64())}))
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    tamper(pg_dsn, "DELETE FROM gold.items_synced WHERE id % 2 = 0")
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.postgres_rows == 10_000 and dirty.delta_rows == 20_000
+    assert len(dirty.differences) == SAMPLE_KEYS
+    assert all(d.kind == "missing" and d.key["id"] % 2 == 0 for d in dirty.differences)
+
+
+def test_an_empty_source_verifies_against_an_empty_table(tmp_path: Path, pg_dsn: str) -> None:
+    write_delta(tmp_path / "src", source_table().slice(0, 0))
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    assert verify_table(table, pg_dsn).content_matches
+    tamper(pg_dsn, "INSERT INTO gold.items_synced (id) VALUES (1)")
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.differences == (Difference(kind="extra", key={"id": 1}),)
+    assert "{'id': 1} (extra in Postgres)" in dirty.describe()

@@ -3,7 +3,10 @@
 
     @synced_table_assets(spec=load_spec("synced_tables.yaml"))
     def synced_tables(context: dg.AssetExecutionContext, postgres: PostgresTarget):
-        yield from postgres.sync(context)
+        yield from postgres.read_sources(context)
+
+The body reads (each table's checkpoint and pinned Delta source); the Postgres IO manager
+(resource key `postgres_io_manager`) writes, with the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ METADATA_KEY_TRANSLATOR = "reverse_etl/translator"
 # Every sync into one Postgres claims a slot of this Dagster concurrency pool; its limit times
 # the tables' `max_connections` bounds the connections all syncs open at once.
 DEFAULT_POOL = "reverse_etl_postgres"
+# The resource key of the IO manager that lands what a synced-table asset returns.
+IO_MANAGER_KEY = "postgres_io_manager"
 
 
 def synced_table_asset_specs(
@@ -31,9 +36,9 @@ def synced_table_asset_specs(
     """The AssetSpec of each synced table, from `translator`, carrying what the sync needs."""
     translator = translator or SyncedTableTranslator()
     return [
-        translator.get_asset_spec(table).merge_attributes(
-            metadata={METADATA_KEY_TABLE: table, METADATA_KEY_TRANSLATOR: translator}
-        )
+        translator.get_asset_spec(table)
+        .merge_attributes(metadata={METADATA_KEY_TABLE: table, METADATA_KEY_TRANSLATOR: translator})
+        .with_io_manager_key(IO_MANAGER_KEY)
         for table in tables
     ]
 

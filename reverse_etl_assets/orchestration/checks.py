@@ -15,8 +15,13 @@ ROW_COUNT_CHECK = "row_count_matches_delta"
 CONTENT_CHECK = "content_matches_delta"
 
 
-def equality_checks(table: SyncedTable, key: dg.AssetKey) -> dg.AssetChecksDefinition:
-    """Row count and content hash of Postgres versus Delta at the checkpoint, on asset `key`."""
+def equality_checks(
+    table: SyncedTable,
+    key: dg.AssetKey,
+    automation_condition: dg.AutomationCondition | None = None,
+) -> dg.AssetChecksDefinition:
+    """Row count and content hash of Postgres versus Delta at the checkpoint, on asset `key`;
+    `automation_condition` says when they run on their own (the translator's)."""
 
     @dg.multi_asset_check(
         specs=[
@@ -25,12 +30,14 @@ def equality_checks(table: SyncedTable, key: dg.AssetKey) -> dg.AssetChecksDefin
                 asset=key,
                 blocking=True,
                 description="Postgres has as many rows as the Delta version in the checkpoint.",
+                automation_condition=automation_condition,
             ),
             dg.AssetCheckSpec(
                 CONTENT_CHECK,
                 asset=key,
                 blocking=True,
                 description="Postgres rows equal the Delta rows (order-independent content hash).",
+                automation_condition=automation_condition,
             ),
         ],
         name=f"{'__'.join(key.path)}__equals_delta",

@@ -1,7 +1,9 @@
-"""Dagster supervision of continuous synced tables: one long-running follower run per table.
+"""Dagster supervision of continuous synced tables and lakehouse syncs: one long-running
+follower run each.
 
-A job per table runs the core follower until the run is terminated; a sensor starts it when no
-run of it is in flight and restarts it after it ends, backing off when it keeps failing.
+A job per table (or lakehouse sync: `lakehouse_follower`) runs the core follower until the run is
+terminated; a sensor starts it when no run of it is in flight and restarts it after it ends,
+backing off when it keeps failing.
 """
 
 import time
@@ -13,16 +15,18 @@ import dagster as dg
 
 from reverse_etl_assets.orchestration import events
 from reverse_etl_assets.orchestration import metadata as md
+from reverse_etl_assets.orchestration.lakehouse_follower import lakehouse_follower_job
+from reverse_etl_assets.orchestration.lakehouse_translator import LakehouseSyncTranslator
 from reverse_etl_assets.orchestration.resources import PostgresTarget
 from reverse_etl_assets.orchestration.translator import SyncedTableTranslator
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
 from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
-from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.spec import LakehouseSync, SyncedTable
 
 SENSOR_NAME = "continuous_followers"
 SENSOR_INTERVAL_SECONDS = 30
-FOLLOWER_TAG = "reverse_etl/follower"
+FOLLOWER_TAG = md.FOLLOWER
 # Runs looked at to count consecutive failures; restarts back off from the third in a row.
 RECENT_RUNS = 8
 BACKOFF_AFTER_FAILURES = 3
@@ -120,36 +124,40 @@ def next_start(name: str, recent: Sequence[dg.RunRecord], *, now: float) -> tupl
 
 
 def follower_sensor(
-    tables: Sequence[SyncedTable], translator: SyncedTableTranslator | None = None
+    tables: Sequence[SyncedTable],
+    translator: SyncedTableTranslator | None = None,
+    *,
+    lakehouse_syncs: Sequence[LakehouseSync] = (),
+    lakehouse_translator: LakehouseSyncTranslator | None = None,
 ) -> dg.SensorDefinition:
-    """Keeps one follower run per continuous table in flight, never two."""
+    """Keeps one follower run per continuous table and lakehouse sync in flight, never two."""
     translator = translator or SyncedTableTranslator()
+    # Names are unique among synced tables and lakehouse syncs (the spec checks it).
     jobs = {t.name: follower_job(t, translator.get_asset_spec(t)) for t in tables}
+    jobs.update({s.name: lakehouse_follower_job(s, lakehouse_translator) for s in lakehouse_syncs})
 
     @dg.sensor(
         name=SENSOR_NAME,
         jobs=list(jobs.values()),
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Starts the follower run of each continuous synced table when none is in "
-        "flight, and restarts it after it ends (backing off when it keeps failing).",
+        description="Starts the follower run of each continuous synced table and lakehouse sync "
+        "when none is in flight, and restarts it after it ends (backing off when it keeps "
+        "failing).",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         requests: list[dg.RunRequest] = []
         reasons = []
-        for table in tables:
-            job = jobs[table.name]
+        for name, job in jobs.items():
             recent = context.instance.get_run_records(
                 dg.RunsFilter(job_name=job.name), limit=RECENT_RUNS
             )
-            run_key, reason = next_start(table.name, recent, now=time.time())
-            reasons.append(f"{table.name}: {reason}")
+            run_key, reason = next_start(name, recent, now=time.time())
+            reasons.append(f"{name}: {reason}")
             if run_key is not None:
-                context.log.info(f"starting the follower of {table.name} ({reason})")
+                context.log.info(f"starting the follower of {name} ({reason})")
                 requests.append(
-                    dg.RunRequest(
-                        run_key=run_key, job_name=job.name, tags={FOLLOWER_TAG: table.name}
-                    )
+                    dg.RunRequest(run_key=run_key, job_name=job.name, tags={FOLLOWER_TAG: name})
                 )
         if requests:
             return dg.SensorResult(run_requests=requests)

@@ -91,7 +91,13 @@ def source_observation(
     instance: dg.DagsterInstance, source_key: dg.AssetKey, version: int
 ) -> dg.AssetObservation | None:
     """An observation of the source at `version` when the instance last saw an older one (or
-    none): a sync that read a version before the observer did must not look stale."""
+    none): a sync that read a version before the observer did must not look stale.
+
+    None for a source Dagster materializes (a lakehouse mirror: the closed loop), whose data
+    version comes from its own materializations.
+    """
+    if instance.fetch_materializations(source_key, limit=1).records:
+        return None
     records = instance.fetch_observations(source_key, limit=1).records
     if records:
         observation = records[0].asset_observation

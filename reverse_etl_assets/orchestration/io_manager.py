@@ -1,6 +1,9 @@
-"""A Postgres IO manager: what an asset returns lands in a Postgres table, swapped in atomically.
+"""The Postgres IO manager: what an asset returns lands in a Postgres table.
 
-Same writer as snapshot syncs (binary COPY into an index-free table, keys built after, one swap).
+A synced-table asset returns its planned sync (`PendingSync`): the IO manager lands it, streaming
+the snapshot (binary COPY, keys built after, one atomic swap) or the Change Data Feed range (one
+transaction), each with its checkpoint. Any other asset returns a polars / Arrow frame or stream,
+which replaces its table through the same snapshot writer.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ import pyarrow as pa
 
 from reverse_etl_assets import settings
 from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.orchestration import events
+from reverse_etl_assets.orchestration.pending_sync import PendingSync
+from reverse_etl_assets.orchestration.resources import dagster_error, progress_logger
+from reverse_etl_assets.pipelines.delta_to_postgres.run import land_sync
+from reverse_etl_assets.pipelines.delta_to_postgres.status import read_table_status
 from reverse_etl_assets.postgres import catalog, ddl
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.table_load import TableTarget, replace_table
@@ -37,8 +45,11 @@ class PostgresTableIOManager(dg.ConfigurableIOManager):
     dsn: str = ""
     default_schema: str = "public"
 
-    def handle_output(self, context: dg.OutputContext, obj: Frame) -> None:
-        """Replace the asset's table with `obj`."""
+    def handle_output(self, context: dg.OutputContext, obj: Frame | PendingSync) -> None:
+        """Land a synced table's planned sync, or replace the asset's table with `obj`."""
+        if isinstance(obj, PendingSync):
+            self._land(context, obj)
+            return
         schema, table = self._table(context)
         meta = context.definition_metadata or {}
         raw_key = meta.get("primary_key") or ()
@@ -78,12 +89,39 @@ class PostgresTableIOManager(dg.ConfigurableIOManager):
             query = ddl.select_all(schema, table).as_string(conn)
             return pl.read_database(query, connection=conn, schema_overrides=dtypes)
 
+    def _land(self, context: dg.OutputContext, pending: PendingSync) -> None:
+        """Write the planned sync into the Postgres it was planned against, with its checkpoint;
+        a checkpoint that moved since the plan (another sync) retries the step, which re-plans."""
+        table = pending.plan.table
+        try:
+            result = land_sync(
+                pending.plan, pending.dsn, on_progress=progress_logger(context.log, table)
+            )
+        except Exception as exc:
+            raise dagster_error(context.log, _retry_number(context), table, exc) from exc
+        context.log.info(
+            f"{table.name}: version {result.version}, {result.rows:,} rows via {result.path} "
+            f"in {result.seconds:.2f}s" + (f" ({result.reason})" if result.reason else "")
+        )
+        status = read_table_status(table, pending.dsn)
+        with connect(pending.dsn, autocommit=True) as conn:
+            columns = catalog.column_types(conn, table.pg_schema, table.pg_table)
+        context.add_output_metadata(events.sync_metadata(table, result, status, columns))
+
     def _dsn(self) -> str:
         return self.dsn or settings.pg_dsn()
 
     def _table(self, context: Any) -> tuple[str, str]:
         path = list(context.asset_key.path)
         return (path[-2] if len(path) > 1 else self.default_schema), path[-1]
+
+
+def _retry_number(context: dg.OutputContext) -> int:
+    """Which attempt of the step this is (0 outside a run, as in `build_output_context`)."""
+    try:
+        return context.step_context.previous_attempt_count
+    except Exception:
+        return 0
 
 
 def _batches(obj: Frame) -> tuple[pa.Schema, Iterable[pa.RecordBatch]]:

@@ -15,6 +15,9 @@ SOURCE_GROUP = "delta_sources"
 # Delta sources are observed once a minute (their data version is the Delta version), so a new
 # commit makes its synced tables stale in the UI within a minute, without an Observe click.
 OBSERVE_CRON = "* * * * *"
+# A continuous table updates all the time: its equality checks run once an hour (after an update)
+# rather than after every reported materialization.
+CONTINUOUS_CHECK_CRON = "@hourly"
 
 
 class SyncedTableTranslator:
@@ -61,6 +64,11 @@ class SyncedTableTranslator:
             ),
         )
 
+    def get_check_automation_condition(self, table: SyncedTable) -> dg.AutomationCondition | None:
+        """The equality checks run after each new sync, however it ran (a Dagster run, the CLI
+        recorded in the instance), so the UI's check status always speaks of the latest sync."""
+        return check_after_each_update(table.mode)
+
     def get_automation_condition(self, table: SyncedTable) -> dg.AutomationCondition | None:
         """A `schedule` syncs at each tick (not on_cron, which waits for the source to update:
         the sync is a no-op when nothing changed)."""
@@ -75,3 +83,23 @@ class SyncedTableTranslator:
 def postgres_table(table: SyncedTable) -> str:
     """The quoted Postgres name, as a user would type it in psql."""
     return f'"{table.pg_schema}"."{table.pg_table}"'
+
+
+def check_after_each_update(mode: str) -> dg.AutomationCondition:
+    """A check's condition: run after each update of its asset (hourly for a continuous one).
+
+    Like `eager()`, except that the first evaluation does not swallow what came before it
+    (`make demo` syncs before `make dev` starts the daemon): a check that never ran, runs.
+    """
+    if mode == "continuous":
+        return dg.AutomationCondition.on_cron(CONTINUOUS_CHECK_CRON)
+    updated = dg.AutomationCondition.any_deps_updated() | (
+        dg.AutomationCondition.missing().newly_true()
+    )
+    handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+    return (
+        updated.since(handled)
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("check after each update")

@@ -1,30 +1,63 @@
 """Prove a synced table equals its Delta source at the checkpointed version.
 
-The Delta rows are streamed (binary COPY) into a scratch table with the same column types, and
-Postgres computes a row count and an order-independent content hash (the sum of every row's
-64-bit hash, built from each column type's own hash function) over both with one expression.
+Each side is hashed where it lives: Postgres sums `hash_record_extended` over its rows in one scan,
+while the Delta rows, prepared as a sync prepares them, are streamed and hashed with the same
+functions here. Only when the sums differ are the rows of a few key buckets fetched from both
+sides, to name sample keys and what differs about them.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import queue
+import threading
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+import polars as pl
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from reverse_etl_assets.delta.reader import SourceSnapshot, open_source, read_batches
 from reverse_etl_assets.errors import SourceError, SpecError
-from reverse_etl_assets.postgres import ddl, names, state
+from reverse_etl_assets.postgres import ddl, fingerprint, state
 from reverse_etl_assets.postgres.connect import connect
-from reverse_etl_assets.postgres.state import STATE_SCHEMA
-from reverse_etl_assets.postgres.table_load import connections_for, copy_in_parallel
-from reverse_etl_assets.schema.delta_to_postgres import PgColumn, pg_columns
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns, pg_columns
 from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.transform import pg_hash
+from reverse_etl_assets.transform.buckets import BucketFingerprints, Fingerprint
 from reverse_etl_assets.transform.cleaning import BatchPreparer
 
 SAMPLE_KEYS = 5
+# Key buckets compared when the totals differ (a power of two). Postgres groups by them in about
+# twice the time of the total; more buckets made its hash aggregate slower, fewer made each
+# bucket's rows, fetched to name keys, more numerous.
+BUCKETS = 4096
+# Buckets whose rows are fetched from both sides to name keys: enough for SAMPLE_KEYS, bounded.
+SAMPLE_BUCKETS = 4
+HASH_THREADS = 2
+
+Kind = Literal["changed", "missing", "extra"]
+_KIND_WORDS = {"changed": "changed", "missing": "missing in Postgres", "extra": "extra in Postgres"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Difference:
+    """One differing key: `changed` (other values), `missing` (only in Delta) or `extra` (only
+    in Postgres)."""
+
+    kind: Kind
+    key: dict[str, Any]
+
+    def describe(self) -> str:
+        """`{'id': 3} (missing in Postgres)`."""
+        return f"{self.key} ({_KIND_WORDS[self.kind]})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +72,7 @@ class Verification:
     delta_hash: str
     differing_keys: tuple[dict[str, Any], ...]
     seconds: float
+    differences: tuple[Difference, ...] = ()
 
     @property
     def rows_match(self) -> bool:
@@ -57,7 +91,7 @@ class Verification:
                 f"{self.name}: Postgres equals Delta version {self.version} "
                 f"({self.postgres_rows:,} rows, hash {self.postgres_hash})"
             )
-        keys = ", ".join(str(k) for k in self.differing_keys) or "none found"
+        keys = ", ".join(d.describe() for d in self.differences) or "none found"
         return (
             f"{self.name}: Postgres differs from Delta version {self.version}: "
             f"{self.postgres_rows:,} rows vs {self.delta_rows:,}, hash {self.postgres_hash} vs "
@@ -86,35 +120,28 @@ def verify_table(table: SyncedTable, dsn: str) -> Verification:
                 f"{stored.last_synced_version} was synced; sync it again before verifying"
             )
         columns = pg_columns(source.schema, table=table.name)
-        scratch = names.fit_name("verify", table.pg_schema, table.pg_table)
-        expected = ddl.qualified(STATE_SCHEMA, scratch)
-        conn.execute(ddl.drop_table(STATE_SCHEMA, scratch))
-        conn.execute(
-            sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
-                expected,
-                sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.ddl)) for c in columns
-                ),
-            )
-        )
-        try:
-            _load_expected(dsn, table, source, columns, scratch)
-            target = ddl.qualified(table.pg_schema, table.pg_table)
-            pg_rows, pg_hash = _fingerprint(conn, target, columns)
-            delta_rows, delta_hash = _fingerprint(conn, expected, columns)
-            differing: tuple[dict[str, Any], ...] = ()
-            if (pg_rows, pg_hash) != (delta_rows, delta_hash):
-                differing = _differing_keys(conn, target, expected, columns, table.primary_key)
-        finally:
-            conn.execute(ddl.drop_table(STATE_SCHEMA, scratch))
+        keys = key_columns(columns, table.primary_key)
+        target = ddl.qualified(table.pg_schema, table.pg_table)
+        # Postgres scans and hashes on its own core while this process hashes the Delta rows.
+        with ThreadPoolExecutor(max_workers=1) as pool, _json_hasher(dsn, columns) as hash_json:
+            in_postgres = pool.submit(_read_total, dsn, target, columns)
+            in_delta = _hash_delta(table, source, columns, keys, hash_json)
+            postgres = in_postgres.result()
+            delta = in_delta.total()
+            differences: tuple[Difference, ...] = ()
+            if postgres != delta:
+                differences = _sample_differences(
+                    conn, table, source, columns, keys, target, in_delta, hash_json
+                )
     return Verification(
         name=table.name,
         version=stored.last_synced_version,
-        postgres_rows=pg_rows,
-        delta_rows=delta_rows,
-        postgres_hash=pg_hash,
-        delta_hash=delta_hash,
-        differing_keys=differing,
+        postgres_rows=postgres.rows,
+        delta_rows=delta.rows,
+        postgres_hash=postgres.hex(),
+        delta_hash=delta.hex(),
+        differing_keys=tuple(d.key for d in differences),
+        differences=differences,
         seconds=time.monotonic() - started,
     )
 
@@ -124,60 +151,218 @@ def _has_state(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def _load_expected(
-    dsn: str,
+def _read_total(dsn: str, target: sql.Composable, columns: tuple[PgColumn, ...]) -> Fingerprint:
+    with connect(dsn, autocommit=True) as conn:
+        return fingerprint.read_total(conn, target, columns)
+
+
+@contextlib.contextmanager
+def _json_hasher(dsn: str, columns: tuple[PgColumn, ...]) -> Iterator[pg_hash.JsonHasher]:
+    """How the Delta side hashes JSON: by Postgres, over a connection of its own shared by the
+    hashing threads, when the table has jsonb columns (putting JSON in jsonb's form in Python
+    took 3-4x a snapshot sync of a table of small structs)."""
+    if not any(c.ddl == "jsonb" for c in columns):
+        yield pg_hash.hash_json_here
+        return
+    lock = threading.Lock()
+    with connect(dsn, autocommit=True) as conn:
+
+        def hash_json(texts: pa.Array) -> np.ndarray:
+            with lock:
+                return fingerprint.hash_json_texts(conn, texts)
+
+        yield hash_json
+
+
+# --- the Delta side ---------------------------------------------------------------------------
+
+
+def _hash_delta(
     table: SyncedTable,
     source: SourceSnapshot,
     columns: tuple[PgColumn, ...],
-    scratch: str,
-) -> None:
-    """The source rows, loaded like a sync loads them (NULL keys, NUL bytes, latest per key)."""
+    keys: tuple[PgColumn, ...],
+    hash_json: pg_hash.JsonHasher,
+) -> BucketFingerprints:
+    """Bucket fingerprints of the source rows as a sync would land them."""
+    buckets = BucketFingerprints(BUCKETS)
+    if table.timeseries_key is None:
+        # numpy releases the GIL inside each operation: two batches hash side by side, which
+        # uses the core Postgres leaves idle once its own scan is done.
+        def hashed(chunk: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+            return (
+                pg_hash.key_hashes(chunk, keys, hash_json=hash_json),
+                pg_hash.row_hashes(chunk, columns, hash_json=hash_json),
+            )
 
+        with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+            pending: collections.deque[Future[tuple[np.ndarray, np.ndarray]]] = collections.deque()
+            for chunk in _wire_chunks(table, source, columns):
+                pending.append(pool.submit(hashed, chunk))
+                if len(pending) > HASH_THREADS:
+                    buckets.add(*pending.popleft().result())
+            while pending:
+                buckets.add(*pending.popleft().result())
+        return buckets
+    # Latest row per key: that needs every row's key hash, timestamp and row hash (24 bytes a
+    # row, not the rows themselves) before the buckets can be summed.
+    parts = [
+        _hashes_frame(chunk, columns, keys, table.timeseries_key, hash_json)
+        for chunk in _wire_chunks(table, source, columns)
+    ]
+    if parts:
+        latest = _keep_latest(pl.concat(parts))
+        buckets.add(latest["k"].to_numpy(), latest["h"].to_numpy())
+    return buckets
+
+
+def _wire_chunks(
+    table: SyncedTable, source: SourceSnapshot, columns: tuple[PgColumn, ...]
+) -> Iterator[pa.RecordBatch]:
+    """The source rows prepared as a sync prepares them (NULL keys dropped, NUL-byte policy
+    applied, converted for Postgres), read two batches ahead in a thread (parquet decoding releases
+    the GIL). The reader's batches are hashed as they come: at 8x their size the hashing's
+    temporaries outgrew the CPU caches and it ran slower (measured)."""
     preparer = BatchPreparer(
         columns, key=table.primary_key, policy=table.on_invalid_characters, table=table.name
     )
-    workers = connections_for(source.rows(), table.max_connections)
-    copy_in_parallel(
-        dsn, STATE_SCHEMA, scratch, columns, preparer.stream(read_batches(source)), workers, None
-    )
-    if table.timeseries_key:
-        with connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                ddl.keep_latest(STATE_SCHEMA, scratch, table.primary_key, table.timeseries_key)
-            )
+    return _read_ahead(preparer.stream(read_batches(source)))
 
 
-def fingerprint_query(relation: sql.Composable, columns: tuple[PgColumn, ...]) -> sql.Composed:
-    """Row count and the sum of every row's 64-bit hash (order-independent; PostgreSQL 14+)."""
-    row = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
-    return sql.SQL(
-        "SELECT count(*), coalesce(sum(hash_record_extended(ROW({row}), 0)), 0) FROM {relation}"
-    ).format(row=row, relation=relation)
+def _read_ahead(batches: Iterable[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """`batches`, produced by a thread up to `depth` ahead; its error is raised here."""
+    handoff: queue.Queue[tuple[pa.RecordBatch | None, BaseException | None]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                handoff.put((batch, None))
+            handoff.put((None, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            handoff.put((None, exc))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch, error = handoff.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                handoff.get(timeout=0.1)
+        worker.join()
 
 
-def _fingerprint(
-    conn: psycopg.Connection, relation: sql.Composable, columns: tuple[PgColumn, ...]
-) -> tuple[int, str]:
-    found = conn.execute(fingerprint_query(relation, columns)).fetchone()
-    assert found is not None
-    total = int(found[1]) % 2**64
-    return int(found[0]), f"{total:016x}"
-
-
-def _differing_keys(
-    conn: psycopg.Connection,
-    target: sql.Composable,
-    expected: sql.Composable,
+def _hashes_frame(
+    chunk: pa.RecordBatch,
     columns: tuple[PgColumn, ...],
-    key: tuple[str, ...],
-) -> tuple[dict[str, Any], ...]:
-    cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
-    keys = sql.SQL(", ").join(sql.Identifier(k) for k in key)
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT DISTINCT {keys} FROM ("
-            "(SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}) UNION ALL "
-            "(SELECT {cols} FROM {b} EXCEPT ALL SELECT {cols} FROM {a})) d LIMIT {n}"
-        ).format(keys=keys, cols=cols, a=target, b=expected, n=sql.Literal(SAMPLE_KEYS))
-    ).fetchall()
-    return tuple(dict(zip(key, r, strict=True)) for r in rows)
+    keys: tuple[PgColumn, ...],
+    timeseries_key: str,
+    hash_json: pg_hash.JsonHasher,
+) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "k": pl.Series(pg_hash.key_hashes(chunk, keys, hash_json=hash_json), dtype=pl.UInt64),
+            "t": pl.Series(chunk.column(timeseries_key)),
+            "h": pl.Series(
+                pg_hash.row_hashes(chunk, columns, hash_json=hash_json), dtype=pl.UInt64
+            ),
+        }
+    )
+
+
+def _keep_latest(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows holding each key's greatest timestamp (NULL only when all are; ties all stay),
+    as the sync's `keep_latest` leaves them."""
+    latest = pl.col("t").max().over("k")
+    return frame.filter((pl.col("t") == latest) | latest.is_null())
+
+
+# --- naming the differences -------------------------------------------------------------------
+
+
+def _sample_differences(
+    conn: psycopg.Connection,
+    table: SyncedTable,
+    source: SourceSnapshot,
+    columns: tuple[PgColumn, ...],
+    keys: tuple[PgColumn, ...],
+    target: sql.Composable,
+    delta: BucketFingerprints,
+    hash_json: pg_hash.JsonHasher,
+) -> tuple[Difference, ...]:
+    """Keys that differ, from the first few buckets whose fingerprints differ."""
+    in_postgres = fingerprint.read_buckets(conn, target, columns, keys, BUCKETS)
+    differing = in_postgres.differing(delta, limit=SAMPLE_BUCKETS)
+    if not differing:
+        return ()
+    postgres_rows = {
+        k: (h, values)
+        for k, h, values in fingerprint.read_bucket_rows(
+            conn, target, columns, keys, BUCKETS, differing
+        )
+    }
+    delta_rows = _delta_bucket_rows(table, source, columns, keys, differing, hash_json)
+    found: list[Difference] = []
+    for k, (h, values) in postgres_rows.items():
+        if k not in delta_rows:
+            found.append(Difference(kind="extra", key=values))
+        elif delta_rows[k][0] != h:
+            found.append(Difference(kind="changed", key=values))
+    found += [
+        Difference(kind="missing", key=values)
+        for k, (_, values) in delta_rows.items()
+        if k not in postgres_rows
+    ]
+    found.sort(key=lambda d: (d.kind, str(d.key)))
+    return tuple(found[:SAMPLE_KEYS])
+
+
+def _delta_bucket_rows(
+    table: SyncedTable,
+    source: SourceSnapshot,
+    columns: tuple[PgColumn, ...],
+    keys: tuple[PgColumn, ...],
+    wanted: list[int],
+    hash_json: pg_hash.JsonHasher,
+) -> dict[int, tuple[int, dict[str, Any]]]:
+    """Key hash -> (row hash, key values) of the source rows in the `wanted` buckets."""
+    targets = np.array(wanted, dtype=np.uint64)
+    names = [c.name for c in keys]
+    parts: list[pl.DataFrame] = []
+    values: list[dict[str, Any]] = []
+    for chunk in _wire_chunks(table, source, columns):
+        key_hashes = pg_hash.key_hashes(chunk, keys, hash_json=hash_json)
+        chosen = np.flatnonzero(np.isin(key_hashes & np.uint64(BUCKETS - 1), targets))
+        if not len(chosen):
+            continue
+        rows = chunk.take(pa.array(chosen))
+        frame = pl.DataFrame(
+            {
+                "k": pl.Series(key_hashes[chosen], dtype=pl.UInt64),
+                "h": pl.Series(
+                    pg_hash.row_hashes(rows, columns, hash_json=hash_json), dtype=pl.UInt64
+                ),
+                "i": pl.int_range(len(values), len(values) + len(chosen), eager=True),
+            }
+        )
+        if table.timeseries_key is not None:
+            frame = frame.with_columns(t=pl.Series(rows.column(table.timeseries_key)))
+        parts.append(frame)
+        key_values = zip(*(rows.column(n).to_pylist() for n in names), strict=True)
+        values += [dict(zip(names, v, strict=True)) for v in key_values]
+    if not parts:
+        return {}
+    found = pl.concat(parts)
+    if table.timeseries_key is not None:
+        found = _keep_latest(found)
+    return {int(k): (int(h), values[i]) for k, h, i in found.select("k", "h", "i").iter_rows()}

@@ -199,7 +199,8 @@ class _Follower:
             self.on_flush(
                 LakehouseResult(
                     name=self.sync.name, path="stream", last_lsn=flushed.last_lsn,
-                    rows=flushed.rows, changes=flushed.by_type, failed_tables=flushed.failed,
+                    rows=flushed.rows, changes=flushed.by_type, table_changes=flushed.by_table,
+                    failed_tables=flushed.failed,
                     seconds=seconds,
                 )
             )  # fmt: skip

@@ -49,6 +49,7 @@ class LakehouseResult:
     last_lsn: int | None
     rows: int = 0
     changes: dict[str, int] = field(default_factory=dict)
+    table_changes: dict[str, dict[str, int]] = field(default_factory=dict)  # per "schema.table"
     snapshot_rows: dict[str, int] = field(default_factory=dict)
     failed_tables: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -132,6 +133,7 @@ def _sync(
         last_lsn=drained.last_lsn or (lsn if needs_snapshot else None),
         rows=drained.rows,
         changes=drained.by_type,
+        table_changes=drained.by_table,
         snapshot_rows=copied if needs_snapshot else {},
         failed_tables={**failed, **drained.failed},
     )
@@ -245,6 +247,10 @@ def _add(total: Flushed, part: Flushed) -> None:
     total.rows += part.rows
     for kind, count in part.by_type.items():
         total.by_type[kind] = total.by_type.get(kind, 0) + count
+    for table, counts in part.by_table.items():
+        into = total.by_table.setdefault(table, {})
+        for kind, count in counts.items():
+            into[kind] = into.get(kind, 0) + count
     total.tables = sorted({*total.tables, *part.tables})
     total.failed.update(part.failed)
     if part.last_lsn is not None:

@@ -15,8 +15,10 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from reverse_etl_assets.delta import writer
 from reverse_etl_assets.errors import ReverseEtlError
 from reverse_etl_assets.pipelines.postgres_to_delta import states
+from reverse_etl_assets.pipelines.postgres_to_delta.run import source_dsn
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import app_id
-from reverse_etl_assets.postgres.lakehouse_state import LakehouseState
+from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.postgres.lakehouse_state import LakehouseState, read_lakehouse_state
 from reverse_etl_assets.postgres.replication import slot as slots
 from reverse_etl_assets.postgres.replication.lsn import format_lsn
 from reverse_etl_assets.spec import LakehouseSync
@@ -107,6 +109,21 @@ def lakehouse_status(
             _table_status(sync, schema, table, failed) for schema, table in _tables(sync, source)
         ],
     )
+
+
+def read_lakehouse_status(sync: LakehouseSync, dsn: str) -> LakehouseStatus:
+    """`lakehouse_status` from the state in the pipeline's Postgres (`dsn`) and the sync's
+    source server, which may be another one (`source_dsn_env`; left out when unreachable)."""
+    with connect(dsn, autocommit=True) as conn:
+        stored = read_lakehouse_state(conn, sync.name)
+        source = source_dsn(sync, dsn)
+        if source == dsn:
+            return lakehouse_status(sync, stored, conn)
+    try:
+        with connect(source, autocommit=True) as other:
+            return lakehouse_status(sync, stored, other)
+    except ReverseEtlError:
+        return lakehouse_status(sync, stored, None)
 
 
 def _detailed_state(

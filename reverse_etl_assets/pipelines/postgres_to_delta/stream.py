@@ -63,6 +63,7 @@ class Flushed:
 
     rows: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+    by_table: dict[str, dict[str, int]] = field(default_factory=dict)  # "schema.table" -> by type
     tables: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     last_lsn: int | None = None
@@ -197,7 +198,9 @@ class ChangeStream:
                 continue
             if landed is not None:
                 result.rows += landed.num_rows
-                for kind, count in _count_types(landed).items():
+                counts = _count_types(landed)
+                result.by_table[label] = counts
+                for kind, count in counts.items():
                     result.by_type[kind] = result.by_type.get(kind, 0) + count
                 result.tables.append(label)
         if batch.last_commit is not None:

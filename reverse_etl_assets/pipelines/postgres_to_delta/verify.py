@@ -2,26 +2,38 @@
 count and content, with sample keys of what differs.
 
 The mirror is as of the last LSN landed; run it while the source is quiet (or the follower has
-caught up), or a difference may only be a change still on its way.
+caught up), or a difference may only be a change still on its way. Both sides are streamed and
+summed per key bucket (bounded memory); only the rows of a few differing buckets are read again
+to name keys.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import partial
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
+from reverse_etl_assets.delta.reader import open_source, read_batches
+from reverse_etl_assets.errors import SourceMissing
 from reverse_etl_assets.pipelines.postgres_to_delta.run import source_dsn
 from reverse_etl_assets.pipelines.postgres_to_delta.snapshot import resolve_tables
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.replication.snapshot_copy import copy_batches
 from reverse_etl_assets.schema.postgres_to_delta import arrow_schema
 from reverse_etl_assets.spec import LakehouseSync
+from reverse_etl_assets.transform.buckets import BucketFingerprints
 
 SAMPLE_KEYS = 5
+# Key buckets summed on each side (a power of two), and how many differing ones are read again.
+BUCKETS = 4096
+SAMPLE_BUCKETS = 4
+_SEED = 7
+
+Batches = Callable[[], Iterator[pa.RecordBatch]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,23 +78,87 @@ def verify_lakehouse(sync: LakehouseSync, dsn: str) -> list[MirrorCheck]:
     checks = []
     for info in tables:
         schema = arrow_schema(info.columns)
-        batches = copy_batches(
-            source, snapshot_name=None, schema=info.schema, table=info.table, columns=info.columns
+        postgres = partial(
+            copy_batches,
+            source,
+            snapshot_name=None,
+            schema=info.schema,
+            table=info.table,
+            columns=info.columns,
         )
-        postgres = pa.Table.from_batches(list(batches), schema=schema)
-        try:
-            mirror = DeltaTable(
-                sync.mirror_uri(info.table), storage_options=sync.storage_options
-            ).to_pyarrow_table(columns=schema.names)
-        except TableNotFoundError:
-            mirror = schema.empty_table()
-        checks.append(
-            _compare(f"{info.schema}.{info.table}", postgres, mirror, list(info.primary_key))
-        )
+        mirror = partial(_mirror_batches, sync, info.table, schema)
+        label = f"{info.schema}.{info.table}"
+        checks.append(_compare_streams(label, schema, postgres, mirror, list(info.primary_key)))
     return checks
 
 
+def _mirror_batches(sync: LakehouseSync, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The mirror's rows in the Postgres table's columns and types (a missing mirror is empty)."""
+    try:
+        snapshot = open_source(sync.mirror_uri(table), storage_options=sync.storage_options)
+    except SourceMissing:
+        return
+    for batch in read_batches(snapshot):
+        yield batch.select(schema.names).cast(schema)
+
+
+def _compare_streams(
+    label: str, schema: pa.Schema, postgres: Batches, mirror: Batches, keys: list[str]
+) -> MirrorCheck:
+    """Bucket fingerprints of both sides; on a difference, the differing buckets' rows compared
+    key by key."""
+    in_postgres, in_mirror = _fingerprints(postgres(), keys), _fingerprints(mirror(), keys)
+    postgres_rows, mirror_rows = in_postgres.total().rows, in_mirror.total().rows
+    if in_postgres.total() == in_mirror.total():
+        return MirrorCheck(table=label, postgres_rows=postgres_rows, mirror_rows=mirror_rows)
+    differing = in_postgres.differing(in_mirror, limit=SAMPLE_BUCKETS)
+    check = _compare(
+        label,
+        _rows_in(postgres(), schema, keys, differing),
+        _rows_in(mirror(), schema, keys, differing),
+        keys,
+    )
+    return replace(check, postgres_rows=postgres_rows, mirror_rows=mirror_rows)
+
+
+def _fingerprints(batches: Iterator[pa.RecordBatch], keys: list[str]) -> BucketFingerprints:
+    found = BucketFingerprints(BUCKETS)
+    for batch in batches:
+        frame = _frame(batch)
+        found.add(_key_hashes(frame, keys), _row_hashes(frame))
+    return found
+
+
+def _rows_in(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, keys: list[str], wanted: list[int]
+) -> pa.Table:
+    """The rows of the `wanted` buckets."""
+    targets = np.array(wanted, dtype=np.intp)
+    kept: list[pa.RecordBatch] = []
+    for batch in batches:
+        buckets = BucketFingerprints(BUCKETS).bucket_of(_key_hashes(_frame(batch), keys))
+        chosen = np.flatnonzero(np.isin(buckets, targets))
+        if len(chosen):
+            kept.append(batch.take(pa.array(chosen)))
+    return pa.Table.from_batches(kept, schema=schema)
+
+
+def _frame(batch: pa.RecordBatch) -> pl.DataFrame:
+    frame = pl.from_arrow(batch)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _key_hashes(frame: pl.DataFrame, keys: list[str]) -> np.ndarray:
+    return frame.select(pl.struct(keys).hash(seed=_SEED)).to_series().to_numpy()
+
+
+def _row_hashes(frame: pl.DataFrame) -> np.ndarray:
+    return frame.select(pl.struct(frame.columns).hash(seed=_SEED)).to_series().to_numpy()
+
+
 def _compare(label: str, postgres: pa.Table, mirror: pa.Table, keys: list[str]) -> MirrorCheck:
+    """Two small tables (the rows of a few buckets) compared key by key."""
     left = _hashed(postgres, keys)
     right = _hashed(mirror.cast(postgres.schema), keys)
     joined = left.join(right, on=keys, how="full", suffix="_m", coalesce=True, nulls_equal=True)
@@ -107,7 +183,7 @@ def _hashed(table: pa.Table, keys: list[str]) -> pl.DataFrame:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     values = [c for c in frame.columns]
-    return frame.select(*keys, pl.struct(values).hash(seed=7).alias("__hash"))
+    return frame.select(*keys, pl.struct(values).hash(seed=_SEED).alias("__hash"))
 
 
 def _sample(frame: pl.DataFrame, keys: list[str]) -> list[str]:

@@ -1,0 +1,152 @@
+"""Fingerprints of a Postgres table computed where it lives: row count and the sum of every row's
+64-bit hash, for the whole table or per key bucket, and the keys and hashes of chosen buckets.
+
+Rows are hashed by `hash_record_extended`, which `transform.pg_hash` recomputes over Arrow data,
+so only a few numbers (or the rows of a few buckets) leave the server. JSON is the exception the
+other way: texts from elsewhere are sent in to be hashed as Postgres prints them as jsonb.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from reverse_etl_assets.schema.delta_to_postgres import PgColumn
+from reverse_etl_assets.transform import pg_hash
+from reverse_etl_assets.transform.buckets import HASH_MODULUS, BucketFingerprints, Fingerprint
+
+
+def _element(column: PgColumn) -> sql.Composable:
+    """The column as the row hash takes it (see `pg_hash.hash_form`)."""
+    name = sql.Identifier(column.name)
+    form = pg_hash.hash_form(column)
+    if form == "text":
+        return sql.SQL("{}::text").format(name)
+    if form == "scaled":
+        factor = sql.Literal(10 ** pg_hash.numeric_scale(column))
+        return sql.SQL("({} * {})::bigint").format(name, factor)
+    return name
+
+
+def row_hash(columns: Sequence[PgColumn]) -> sql.Composed:
+    """hash_record_extended of every column and the row's count of NULLs (so a NULL is told
+    from a value whose hash is 0, such as 0.0)."""
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+    elements = sql.SQL(", ").join(_element(c) for c in columns)
+    return sql.SQL("hash_record_extended(ROW({}, num_nulls({})), 0)").format(elements, names)
+
+
+def key_hash(key_columns: Sequence[PgColumn]) -> sql.Composed:
+    """hash_record_extended of the key columns, in key order."""
+    elements = sql.SQL(", ").join(_element(c) for c in key_columns)
+    return sql.SQL("hash_record_extended(ROW({}), 0)").format(elements)
+
+
+def total_query(relation: sql.Composable, columns: Sequence[PgColumn]) -> sql.Composed:
+    """Row count and the sum of the row hashes of the whole relation."""
+    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {r}").format(
+        h=row_hash(columns), r=relation
+    )
+
+
+def bucket_query(
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+) -> sql.Composed:
+    """Per key bucket (key hash modulo `buckets`, a power of two): row count and hash sum."""
+    return sql.SQL("SELECT {k} & {mask}, count(*), sum({h}) FROM {r} GROUP BY 1").format(
+        k=key_hash(key_columns), mask=sql.Literal(buckets - 1), h=row_hash(columns), r=relation
+    )
+
+
+def bucket_rows_query(
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+) -> sql.Composed:
+    """Key hash, row hash and key values of the rows in the buckets passed as parameter 1."""
+    keys = sql.SQL(", ").join(sql.Identifier(c.name) for c in key_columns)
+    return sql.SQL("SELECT {k}, {h}, {keys} FROM {r} WHERE {k} & {mask} = ANY(%s)").format(
+        k=key_hash(key_columns),
+        h=row_hash(columns),
+        keys=keys,
+        r=relation,
+        mask=sql.Literal(buckets - 1),
+    )
+
+
+def json_hashes_query() -> sql.SQL:
+    """hashtextextended of each JSON text as jsonb prints it, in order, from parameter 1: the
+    texts each ended by a line break (compact JSON has no raw one), an empty line for NULL, which
+    hashes to 0 as a NULL element of a row does; parameter 2 is how many texts there are (the
+    empty piece after the last line break is not one)."""
+    return sql.SQL(
+        "SELECT coalesce(hashtextextended(v::jsonb::text, 0), 0) "
+        "FROM string_to_table(%s, E'\\n', '') WITH ORDINALITY AS u(v, i) ORDER BY i LIMIT %s"
+    )
+
+
+def hash_json_texts(conn: psycopg.Connection, texts: pa.Array) -> np.ndarray:
+    """The element hashes of JSON texts as the row hash takes a jsonb value, computed by Postgres
+    itself (its own jsonb parsing and printing, many times faster than doing it in Python)."""
+    if len(texts) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    lines = "".join("\n" if text is None else text + "\n" for text in texts.to_pylist())
+    rows = conn.execute(json_hashes_query(), (lines, len(texts))).fetchall()
+    return np.array([h % HASH_MODULUS for (h,) in rows], dtype=np.uint64)
+
+
+def read_total(
+    conn: psycopg.Connection, relation: sql.Composable, columns: Sequence[PgColumn]
+) -> Fingerprint:
+    """Run `total_query`."""
+    found = conn.execute(total_query(relation, columns)).fetchone()
+    assert found is not None
+    return Fingerprint(rows=int(found[0]), total=int(found[1]) % HASH_MODULUS)
+
+
+def read_buckets(
+    conn: psycopg.Connection,
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+) -> BucketFingerprints:
+    """Run `bucket_query`: every bucket's fingerprint."""
+    found = BucketFingerprints(buckets)
+    for bucket, rows, total in conn.execute(
+        bucket_query(relation, columns, key_columns, buckets)
+    ).fetchall():
+        found.counts[bucket] = rows
+        found.sums[bucket] = int(total) % HASH_MODULUS
+    return found
+
+
+def read_bucket_rows(
+    conn: psycopg.Connection,
+    relation: sql.Composable,
+    columns: Sequence[PgColumn],
+    key_columns: Sequence[PgColumn],
+    buckets: int,
+    wanted: Sequence[int],
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """Run `bucket_rows_query`: (key hash, row hash, key values) of each row of `wanted`."""
+    query = bucket_rows_query(relation, columns, key_columns, buckets)
+    rows = conn.execute(query, (list(wanted),)).fetchall()
+    names = [c.name for c in key_columns]
+    return [
+        (
+            int(k) % HASH_MODULUS,
+            int(h) % HASH_MODULUS,
+            dict(zip(names, values, strict=True)),
+        )
+        for k, h, *values in rows
+    ]

@@ -1,0 +1,199 @@
+"""The demo in `dagster dev` (webserver and daemon) as a user sees it in a real Chromium: after the
+demo's syncs every synced table is materialized with its checks passed; a new Delta commit turns
+its table stale with no Observe click; the next sync makes it fresh again.
+
+Slow by nature: it waits for the daemon's own observation (once a minute) and automation ticks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+from playwright.sync_api import Page, expect, sync_playwright
+
+from reverse_etl_assets.dev.demo_app import write_demo_activity
+from reverse_etl_assets.dev.demo_lake import ensure_demo_lake
+from reverse_etl_assets.orchestration.lakehouse_translator import GROUP as LAKEHOUSE_GROUP
+from reverse_etl_assets.orchestration.translator import GROUP, SOURCE_GROUP
+from reverse_etl_assets.postgres.connect import connect
+from reverse_etl_assets.settings import DEFAULT_SPEC, ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
+from reverse_etl_assets.spec import load_spec
+from reverse_etl_assets_tests.helpers import run_cli
+from reverse_etl_assets_tests.test_ui import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PROJECT_ROOT,
+    _dagster_storage_env,
+    _node,
+    _Server,
+    _skip_welcome_dialog,
+    _stop,
+    _tail,
+)
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"needs Chromium at {CHROMIUM}: `apt-get install -y chromium` (.ci/run does)",
+    ),
+]
+
+DEMO_ROWS = 300
+# The daemon observes sources once a minute and evaluates automation every 30 s; a run it
+# launches then takes a few seconds more on two busy cores.
+DAEMON_WAIT_MS = 240_000
+# Each synced table has two equality checks; the node says how many of them passed.
+ALL_CHECKS_PASSED = re.compile(r"2\s*/\s*2\s*Passed")
+EVERY_CHECK_PASSED = re.compile(r"(\d+)\s*/\s*\1\s*Passed")
+PROFILES = dg.AssetKey(["lakebase", "gold", "user_profiles_synced"])
+PROFILES_SOURCE = ["analytics", "gold", "user_profiles"]
+
+
+@pytest.fixture
+def demo_env(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """What `make demo` leaves behind, in a temporary project: the demo lake, the demo app's
+    writes, and `reverse-etl sync --all` recorded in the Dagster instance of DAGSTER_HOME."""
+    spec = tmp_path / "synced_tables.yaml"
+    shutil.copy(DEFAULT_SPEC, spec)
+    ensure_demo_lake(Path(load_spec(spec).lake_root), rows=DEMO_ROWS)
+    with connect(pg_dsn, autocommit=True) as conn:
+        write_demo_activity(conn)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
+    env = {
+        ENV_SPEC: str(spec),
+        ENV_PG_DSN: pg_dsn,
+        "DAGSTER_HOME": str(home),
+        **_dagster_storage_env(pg_dsn),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.get():
+        pass  # creates Dagster's tables before two processes race to
+    synced = run_cli(dict(os.environ), "sync", "--all")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    return dict(os.environ)
+
+
+def test_demo_fresh_after_sync_stale_after_a_commit_fresh_again(
+    tmp_path: Path, demo_env: dict[str, str]
+) -> None:
+    spec = load_spec(Path(demo_env[ENV_SPEC]))
+    with _dagster_dev(tmp_path, Path(demo_env["DAGSTER_HOME"])) as server:
+        server.wait_until_serving()
+        _skip_welcome_dialog(server.url)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.set_default_timeout(DAEMON_WAIT_MS)
+                expect.set_options(timeout=DAEMON_WAIT_MS)
+                _open_graph(page, server.url)
+                # The CLI's syncs are in the instance, and the daemon ran their checks.
+                for table in spec.synced_tables:
+                    node = _node(page, dg.AssetKey(table.asset_key_path))
+                    expect(node).to_contain_text("Materialized")
+                    expect(node).to_contain_text(ALL_CHECKS_PASSED)
+                    expect(node).not_to_contain_text("Unsynced")
+                    expect(node).not_to_contain_text("Failed")
+
+                # And the lakehouse sync's drain: each history and mirror, with its checks.
+                for sync in spec.lakehouse_syncs:
+                    for _, name in sync.tables:
+                        history = _node(
+                            page, dg.AssetKey([*sync.target_parts, f"lb_{name}_history"])
+                        )
+                        expect(history).to_contain_text("Materialized")
+                        expect(history).to_contain_text(EVERY_CHECK_PASSED)
+                        # The Postgres table and its mirror share a label; the mirror is Delta.
+                        labelled = page.locator("svg foreignObject").filter(
+                            has=page.get_by_text(name, exact=True)
+                        )
+                        mirror = labelled.filter(has_text="delta").last
+                        expect(mirror).to_contain_text("Materialized")
+                        expect(mirror).to_contain_text(EVERY_CHECK_PASSED)
+
+                profiles = _node(page, PROFILES)
+                source = Path(spec.lake_root).joinpath(*PROFILES_SOURCE)
+                _commit_one_more_row(source)
+                # Nobody clicks Observe: the daemon observes the new version on its own.
+                expect(profiles).to_contain_text("Unsynced")
+
+                synced = run_cli(demo_env, "sync", "lakebase.gold.user_profiles_synced")
+                assert synced.returncode == 0, synced.stdout + synced.stderr
+                expect(profiles).not_to_contain_text("Unsynced")
+                expect(profiles).to_contain_text(ALL_CHECKS_PASSED)
+                page.screenshot(path=str(tmp_path / "fresh-again.png"))
+            finally:
+                browser.close()
+
+
+def _open_graph(page: Page, url: str) -> None:
+    page.goto(f"{url}/asset-groups")
+    for group in (SOURCE_GROUP, GROUP, LAKEHOUSE_GROUP):
+        expect(page.locator("svg foreignObject").get_by_text(group, exact=True)).to_be_visible()
+    page.keyboard.press("Alt+e")  # the graph's "Expand all groups"
+
+
+def _commit_one_more_row(path: Path) -> None:
+    """Append a copy of the first row under a new key: a new Delta version."""
+    current = DeltaTable(str(path)).to_pyarrow_table()
+    row = current.slice(0, 1)
+    keys = pa.array([current["user_id"].to_pylist()[-1] + 10_000], pa.int64())
+    row = row.set_column(row.schema.get_field_index("user_id"), "user_id", keys)
+    write_deltalake(str(path), row, mode="append")
+
+
+@contextmanager
+def _dagster_dev(tmp_path: Path, home: Path) -> Iterator[_Server]:
+    """`dagster dev` (webserver, daemon, code server) as `make dev` runs it, on a free port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = tmp_path / "dagster-dev.log"
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        str(PROJECT_ROOT / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=home,
+            env=dict(os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield _Server(url=f"http://127.0.0.1:{port}", process=process)
+    except BaseException:
+        print(f"--- last lines of {log_path} ---\n{_tail(log_path, 80)}")
+        raise
+    finally:
+        _stop(process)
+    assert "will not be used to configure Dagster" not in log_path.read_text(errors="replace")
