@@ -225,7 +225,7 @@ def test_the_row_hash_sql_presents_numerics_and_json_as_pg_hash_does() -> None:
     columns = pg_columns(wide_table().select(["id", "d10", "dec", "st"]).schema, table="t")
     text = fingerprint.row_hash(columns).as_string()
     assert text == (
-        'hash_record_extended(ROW("id", ("d10" * 100)::bigint, "dec"::text, "st"::text, '
-        'num_nulls("id", "d10", "dec", "st")), 0)'
+        'hashint8extended(hash_record_extended(ROW("id", ("d10" * 100)::bigint, "dec"::text, '
+        '"st"::text, num_nulls("id", "d10", "dec", "st")), 0), 0)'
     )
     assert [pg_hash.hash_form(c) for c in columns] == ["value", "scaled", "text", "text"]

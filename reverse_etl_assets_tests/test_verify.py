@@ -291,3 +291,20 @@ def test_an_empty_source_verifies_against_an_empty_table(tmp_path: Path, pg_dsn:
     dirty = verify_table(table, pg_dsn)
     assert dirty.differences == (Difference(kind="extra", key={"id": 1}),)
     assert "{'id': 1} (extra in Postgres)" in dirty.describe()
+
+
+def test_verify_catches_values_swapped_between_rows(tmp_path: Path, pg_dsn: str) -> None:
+    """Each column still holds the same values, under the wrong keys."""
+    names = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "v": ["alice", "bob", "carol"]})
+    write_delta(tmp_path / "src", names)
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    tamper(
+        pg_dsn,
+        "UPDATE gold.items_synced SET v = CASE id WHEN 1 THEN 'bob' ELSE 'alice' END "
+        "WHERE id IN (1, 2)",
+    )
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.rows_match and not dirty.content_matches
+    assert sorted(d.key["id"] for d in dirty.differences) == [1, 2]
+    assert {d.kind for d in dirty.differences} == {"changed"}

@@ -35,10 +35,17 @@ def _element(column: PgColumn) -> sql.Composable:
 
 def row_hash(columns: Sequence[PgColumn]) -> sql.Composed:
     """hash_record_extended of every column and the row's count of NULLs (so a NULL is told
-    from a value whose hash is 0, such as 0.0)."""
+    from a value whose hash is 0, such as 0.0), hashed once more as a bigint.
+
+    hash_record_extended is a plain polynomial of its elements' hashes (h * 31 + e): summed over
+    rows it would depend only on each column's values, not on which row holds which, so two rows
+    that swapped a value would sum alike. The last hash mixes each row's bits first.
+    """
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     elements = sql.SQL(", ").join(_element(c) for c in columns)
-    return sql.SQL("hash_record_extended(ROW({}, num_nulls({})), 0)").format(elements, names)
+    return sql.SQL("hashint8extended(hash_record_extended(ROW({}, num_nulls({})), 0), 0)").format(
+        elements, names
+    )
 
 
 def key_hash(key_columns: Sequence[PgColumn]) -> sql.Composed:

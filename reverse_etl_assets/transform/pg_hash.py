@@ -299,7 +299,8 @@ def _numbers(array: pa.Array) -> np.ndarray:
 def row_hashes(
     batch: pa.RecordBatch, columns: tuple[PgColumn, ...], *, hash_json: JsonHasher = hash_json_here
 ) -> np.ndarray:
-    """hash_record_extended(ROW(every column, num_nulls(every column)), 0) of each row."""
+    """hashint8extended(hash_record_extended(ROW(every column, num_nulls(every column)), 0), 0)
+    of each row (see `postgres.fingerprint.row_hash` for why the last hash)."""
     arrays = [batch.column(c.name) for c in columns]
     hashes = [
         column_hash(array, column, hash_json=hash_json)
@@ -311,7 +312,7 @@ def row_hashes(
             nulls += np.asarray(array.is_null(), dtype=np.int32)
     # The count of NULLs tells a NULL from a value that hashes to 0 (0.0, for one).
     hashes.append(hash_uint32(nulls.astype(U32)))
-    return combine(hashes)
+    return hash_int8(combine(hashes).view(np.int64))
 
 
 def key_hashes(
