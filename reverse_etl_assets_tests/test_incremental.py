@@ -221,6 +221,22 @@ def test_duplicate_keys_in_a_version_fail_and_change_nothing(tmp_path: Path, pg_
     assert stored(pg_dsn).last_synced_version == 0
 
 
+def test_duplicate_keys_a_later_version_fixed_go_through_a_snapshot(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    src = tmp_path / "src"
+    write_delta(src, items(range(100)))
+    table = triggered(tmp_path, src)
+    sync_table(table, pg_dsn)
+    write_delta(src, items([7, 7], "dup"))  # version 1: two rows for key 7 (refused alone)
+    with pytest.raises(DataError, match=r"\{'id': 7\} x2 in version 1"):
+        sync_table(table, pg_dsn)
+    DeltaTable(str(src)).delete("v = 'dup7'")  # version 2: the source removed them again
+    result = sync_table(table, pg_dsn)
+    assert result.path == "snapshot" and "duplicate keys" in result.reason
+    assert postgres_rows(pg_dsn) == delta_rows(src)
+
+
 def test_a_second_sync_waits_for_the_first(tmp_path: Path, pg_dsn: str) -> None:
     src = tmp_path / "src"
     write_delta(src, items(range(10)))

@@ -33,6 +33,7 @@ REMAINING = "_retl_remaining"
 NET = "_retl_net"
 ARRIVING = "_retl_arriving"
 _NEWEST = "_retl_newest"
+_DUPLICATES = "_retl_duplicates"
 
 
 def _is_arriving() -> sql.Composed:
@@ -70,16 +71,41 @@ def last_change_statement(key: tuple[str, ...], columns: tuple[str, ...]) -> sql
     )
 
 
+class DuplicatesResolvedLater(Exception):
+    """Some version of the range held two rows for one key, later removed or fixed: netting by
+    key cannot tell which row is left, so the range is rolled back and a snapshot decides."""
+
+
 def duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
-    """Up to five (key, version) pairs that more than one arriving row shares, with the count."""
+    """CREATE the table of (key, version) pairs that more than one arriving row shares."""
     return sql.SQL(
-        "SELECT {key}, {version}, count(*) FROM {stage} WHERE {arriving} "
-        "GROUP BY {key}, {version} HAVING count(*) > 1 LIMIT 5"
+        "CREATE TEMP TABLE {dups} ON COMMIT DROP AS "
+        "SELECT {key}, {version}, count(*) AS n FROM {stage} WHERE {arriving} "
+        "GROUP BY {key}, {version} HAVING count(*) > 1"
     ).format(
+        dups=sql.Identifier(_DUPLICATES),
         key=_names(key),
         version=sql.Identifier(COMMIT_VERSION),
         stage=sql.Identifier(STAGE),
         arriving=_is_arriving(),
+    )
+
+
+def final_duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
+    """Up to five duplicated (key, version) pairs whose version is the key's last in the range:
+    a duplicate a later version removed or fixed is not in the source any more."""
+    return sql.SQL(
+        "SELECT {d_key}, d.{version}, d.n FROM {dups} AS d JOIN ("
+        "SELECT {key}, max({version}) AS {version} FROM {stage} "
+        "WHERE ({key}) IN (SELECT {key} FROM {dups}) GROUP BY {key}) AS m "
+        "ON {match} AND m.{version} = d.{version} LIMIT 5"
+    ).format(
+        d_key=_names(key, "d"),
+        key=_names(key),
+        version=sql.Identifier(COMMIT_VERSION),
+        dups=sql.Identifier(_DUPLICATES),
+        stage=sql.Identifier(STAGE),
+        match=_match(key, "m", "d"),
     )
 
 
@@ -129,6 +155,21 @@ def gone_keys_statement(key: tuple[str, ...]) -> sql.Composed:
     )
 
 
+def unlanded_deletes_statement(key: tuple[str, ...], target: sql.Composable) -> sql.Composed:
+    """DELETE from the net table the deletes of keys that held a NUL byte and are not in the
+    target: refused under `fail`, such a key never landed, so there is nothing to delete."""
+    return sql.SQL(
+        "DELETE FROM {net} AS n WHERE NOT n.{arriving} AND n.{invalid} IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
+    ).format(
+        net=sql.Identifier(NET),
+        arriving=sql.Identifier(ARRIVING),
+        invalid=sql.Identifier(INVALID),
+        target=target,
+        match=_match(key, "t", "n"),
+    )
+
+
 def invalid_characters_statement(key: tuple[str, ...]) -> sql.Composed:
     """One row of the net table that held a NUL byte (stripped when staged), and how many."""
     return sql.SQL(
@@ -152,8 +193,16 @@ def net_last_changes(
 ) -> int:
     """Build the net table from the stage (no `timeseries_key`); return the keys it holds.
 
-    Two arriving rows for one key in one version: a DataError (nothing was changed)."""
-    duplicated = conn.execute(duplicates_statement(key)).fetchall()
+    Two arriving rows for one key in its last version of the range: a DataError (nothing was
+    changed)."""
+    duplicated = []
+    if conn.execute(duplicates_statement(key)).rowcount:
+        duplicated = conn.execute(final_duplicates_statement(key)).fetchall()
+        if not duplicated:
+            raise DuplicatesResolvedLater(
+                "a version of the range held duplicate keys that a later one removed or fixed; "
+                "the last change per key cannot say which row is left"
+            )
     if duplicated:
         samples = ", ".join(
             f"{_sample(key, row)} x{row[-1]} in version {row[len(key)]}" for row in duplicated
@@ -167,9 +216,14 @@ def net_last_changes(
 
 
 def refuse_invalid_characters(
-    conn: psycopg.Connection, *, key: tuple[str, ...], table: str
+    conn: psycopg.Connection, *, key: tuple[str, ...], target: sql.Composable, table: str
 ) -> None:
-    """Under `on_invalid_characters: fail`: a DataError when a row to write held a NUL byte."""
+    """Under `on_invalid_characters: fail`: a DataError when a row to write held a NUL byte.
+
+    The delete of a NUL-byte key that never landed is dropped (a source that added such a row and
+    removed it again must not block every later sync); one whose stripped key is in Postgres
+    could be another row's, and is refused."""
+    conn.execute(unlanded_deletes_statement(key, target))
     found = conn.execute(invalid_characters_statement(key)).fetchone()
     if found is None:
         return

@@ -94,8 +94,8 @@ def land_incremental(
         )
     except RangeUnavailable as exc:
         return full_refresh(unreadable(stored.last_synced_version, source, exc))
-    except _SnapshotCheaper as cheaper:
-        return full_refresh(str(cheaper))
+    except (_SnapshotCheaper, change_stage.DuplicatesResolvedLater) as reason:
+        return full_refresh(str(reason))
     return SyncResult(
         name=table.name,
         mode=table.mode,
@@ -185,7 +185,9 @@ def _land_changes(
         apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(feed))
         changes = _net(conn, table, source, columns, preparer)
         if table.on_invalid_characters == "fail":
-            change_stage.refuse_invalid_characters(conn, key=key, table=table.name)
+            change_stage.refuse_invalid_characters(
+                conn, key=key, target=sql.Identifier(schema, name), table=table.name
+            )
         rows = stored.rows or 0
         threshold = table.full_refresh_threshold  # set: the spec's share rule, on exact keys
         if threshold is not None and changes and changes > threshold * rows:
