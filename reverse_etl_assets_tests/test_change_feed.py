@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -105,3 +106,23 @@ def test_partition_values_that_need_escaping_are_read(tmp_path: Path) -> None:
         ],
         key=repr,
     )
+
+
+def test_a_timestamp_partition_is_read(tmp_path: Path) -> None:
+    """delta-rs writes a UTC timestamp's partition value without a zone (and its own CDF
+    reader cannot find the escaped change file)."""
+    src = tmp_path / "src"
+    day = pa.array([datetime(2024, 1, 1, tzinfo=UTC)] * 3, pa.timestamp("us", tz="UTC"))
+    rows = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "day": day, "v": ["a", "b", "c"]})
+    write_deltalake(
+        str(src),
+        rows,
+        partition_by=["day"],
+        configuration={"delta.enableChangeDataFeed": "true"},
+    )
+    DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id = 2")
+    changed = feed(src, start=1, engine=False)
+    assert {(r[0], r[1], r[2]) for r in changed} == {
+        (2, datetime(2024, 1, 1, tzinfo=UTC), "b"),
+        (2, datetime(2024, 1, 1, tzinfo=UTC), "u"),
+    }

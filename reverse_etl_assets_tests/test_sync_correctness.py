@@ -252,6 +252,21 @@ def test_source_columns_named_like_system_columns_are_refused(tmp_path: Path, pg
     assert fetch(pg_dsn, "SELECT to_regclass('gold.items_synced')") == [(None,)]
 
 
+@pytest.mark.parametrize("name", ["_retl_invalid", "_retl_arriving", "_retl_mine"])
+def test_source_columns_with_the_reserved_prefix_are_refused(
+    tmp_path: Path, pg_dsn: str, name: str
+) -> None:
+    src = tmp_path / "src"
+    write_delta(src, pa.table({"id": pa.array([1], pa.int64()), name: ["x"]}))
+    table = triggered(tmp_path, src)
+    refused = rf"source column '{name}' starts with '_retl_'.*rename it in the source"
+    with pytest.raises(SpecError, match=refused):
+        check_source(table, open_source(str(src), storage_options={}))
+    with pytest.raises(SpecError, match=refused):
+        sync_table(table, pg_dsn)
+    assert fetch(pg_dsn, "SELECT to_regclass('gold.items_synced')") == [(None,)]
+
+
 def test_system_column_names_in_another_case_are_ordinary_columns(
     tmp_path: Path, pg_dsn: str
 ) -> None:

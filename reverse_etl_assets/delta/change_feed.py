@@ -81,8 +81,8 @@ def _conform(
     arrays = []
     for field in schema:
         if field.name in change.partition_values:
-            value = pa.array([change.partition_values[field.name]], pa.string()).cast(field.type)
-            arrays.append(pa.repeat(value[0], rows))
+            value = _partition_value(change.partition_values[field.name], field.type)
+            arrays.append(pa.repeat(value, rows))
         elif field.name in batch.schema.names:
             column = batch.column(field.name)
             arrays.append(column if column.type == field.type else column.cast(field.type))
@@ -94,6 +94,21 @@ def _conform(
         arrays.append(pa.repeat(pa.scalar(change.change_type, pa.string()), rows))
     arrays.append(pa.repeat(pa.scalar(version, pa.int64()), rows))
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _partition_value(text: str | None, type_: pa.DataType) -> pa.Scalar:
+    """A partition value from the log (text) as a scalar of its column's type.
+
+    A `timestamp` (UTC) partition value is written without a zone ("2024-01-01 00:00:00.000000"),
+    which Arrow will not read as zoned: it is read as a plain timestamp, which is UTC.
+    """
+    value = pa.array([text], pa.string())
+    try:
+        return value.cast(type_)[0]
+    except pa.ArrowInvalid:
+        if not (pa.types.is_timestamp(type_) and type_.tz is not None):
+            raise
+        return value.cast(pa.timestamp(type_.unit)).cast(type_)[0]
 
 
 def _engine_changes(

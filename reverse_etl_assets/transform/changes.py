@@ -37,7 +37,10 @@ CHANGE_COLUMNS = (
     PgColumn(name=COMMIT_VERSION, ddl="bigint", wire="plain"),
 )
 # Staged last: the column whose NUL byte was stripped from the row (NULL: none).
-INVALID = "_retl_invalid"
+# Columns and tables of our own while an increment lands all start with this prefix, which a
+# source column may therefore not use (preflight refuses it).
+RESERVED_PREFIX = "_retl_"
+INVALID = RESERVED_PREFIX + "invalid"
 INVALID_COLUMN = PgColumn(name=INVALID, ddl="text", wire="text")
 
 

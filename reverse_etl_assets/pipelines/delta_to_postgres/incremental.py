@@ -94,8 +94,8 @@ def land_incremental(
         )
     except RangeUnavailable as exc:
         return full_refresh(unreadable(stored.last_synced_version, source, exc))
-    except (_SnapshotCheaper, change_stage.DuplicatesResolvedLater) as reason:
-        return full_refresh(str(reason))
+    except (_SnapshotCheaper, change_stage.DuplicatesResolvedLater) as why:
+        return full_refresh(str(why))
     return SyncResult(
         name=table.name,
         mode=table.mode,

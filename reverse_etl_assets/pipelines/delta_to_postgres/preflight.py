@@ -14,6 +14,7 @@ from reverse_etl_assets.postgres import catalog
 from reverse_etl_assets.postgres.names import MAX_NAME_BYTES
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, pg_columns
 from reverse_etl_assets.spec import SyncedTable
+from reverse_etl_assets.transform.changes import RESERVED_PREFIX
 
 
 def check_source(table: SyncedTable, source: SourceSnapshot) -> tuple[PgColumn, ...]:
@@ -30,6 +31,12 @@ def check_source(table: SyncedTable, source: SourceSnapshot) -> tuple[PgColumn, 
             raise SpecError(
                 f"{where}: source column {name!r} collides with a Change Data Feed column; "
                 "rename it in the source"
+            )
+        if name.startswith(RESERVED_PREFIX):
+            raise SpecError(
+                f"{where}: source column {name!r} starts with {RESERVED_PREFIX!r}, which "
+                "reverse_etl_assets reserves for its own columns while an increment lands; "
+                "rename it in the source (or a view of it)"
             )
     for field, named in (
         ("primary_key", table.primary_key),
