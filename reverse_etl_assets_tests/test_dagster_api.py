@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from reverse_etl_assets.definitions import build_definitions
+from reverse_etl_assets.orchestration import failures as failures_module
 from reverse_etl_assets.orchestration import io_manager as io_manager_module
-from reverse_etl_assets.orchestration import resources as resources_module
 from reverse_etl_assets.orchestration.asset_decorator import synced_table_assets
 from reverse_etl_assets.orchestration.component import SyncedTablesComponent
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
@@ -203,7 +203,7 @@ def test_a_transient_error_is_retried_and_a_terminal_one_fails_with_what_to_do(
         return real_land(plan, dsn, **kwargs)
 
     monkeypatch.setattr(io_manager_module, "land_sync", land_after_another_sync)
-    monkeypatch.setattr(resources_module, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(failures_module, "RETRY_SECONDS", 0.0)
     result = dg.materialize(assets, selection=[key], resources=postgres_resources(pg_dsn))
     assert result.success
     assert len(calls) == 2  # the stale plan wrote nothing; the step re-planned and landed

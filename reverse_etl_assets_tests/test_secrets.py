@@ -17,7 +17,7 @@ import pytest
 from reverse_etl_assets.definitions import build_definitions
 from reverse_etl_assets.dev import embedded_postgres
 from reverse_etl_assets.errors import ConfigError, ReverseEtlError
-from reverse_etl_assets.orchestration import resources as resources_module
+from reverse_etl_assets.orchestration import failures as failures_module
 from reverse_etl_assets.orchestration.continuous import follower_job
 from reverse_etl_assets.orchestration.io_manager import PostgresTableIOManager
 from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
@@ -94,7 +94,7 @@ def test_dagster_follower_run_keeps_the_password_out_of_the_event_log(
 def test_dagster_asset_and_io_manager_keep_the_password_out(
     spec_file: Path, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(resources_module, "RETRY_SECONDS", 0.0)  # an unreachable server retries
+    monkeypatch.setattr(failures_module, "RETRY_SECONDS", 0.0)  # an unreachable server retries
     defs = build_definitions(load_spec(spec_file))
     assets = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition | dg.SourceAsset)]
     instance = dg.DagsterInstance.ephemeral()

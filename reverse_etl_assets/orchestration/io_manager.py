@@ -18,8 +18,9 @@ import pyarrow as pa
 from reverse_etl_assets import settings
 from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.orchestration import events
+from reverse_etl_assets.orchestration.failures import dagster_error
 from reverse_etl_assets.orchestration.pending_sync import PendingSync
-from reverse_etl_assets.orchestration.resources import dagster_error, progress_logger
+from reverse_etl_assets.orchestration.resources import progress_logger, synced_table
 from reverse_etl_assets.pipelines.delta_to_postgres.run import land_sync
 from reverse_etl_assets.pipelines.delta_to_postgres.status import read_table_status
 from reverse_etl_assets.postgres import catalog, ddl
@@ -98,7 +99,9 @@ class PostgresTableIOManager(dg.ConfigurableIOManager):
                 pending.plan, pending.dsn, on_progress=progress_logger(context.log, table)
             )
         except Exception as exc:
-            raise dagster_error(context.log, _retry_number(context), table, exc) from exc
+            raise dagster_error(
+                context.log, _retry_number(context), synced_table(table), exc
+            ) from exc
         context.log.info(
             f"{table.name}: version {result.version}, {result.rows:,} rows via {result.path} "
             f"in {result.seconds:.2f}s" + (f" ({result.reason})" if result.reason else "")

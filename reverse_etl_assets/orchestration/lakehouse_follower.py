@@ -10,10 +10,11 @@ import dagster as dg
 
 from reverse_etl_assets.errors import ReverseEtlError, translate
 from reverse_etl_assets.orchestration import metadata as md
+from reverse_etl_assets.orchestration.failures import failure_of
 from reverse_etl_assets.orchestration.lakehouse_events import materialization
 from reverse_etl_assets.orchestration.lakehouse_resource import (
     LakehouseSyncResource,
-    terminal_failure,
+    lakehouse_sync,
 )
 from reverse_etl_assets.orchestration.lakehouse_translator import (
     LakehouseSyncTranslator,
@@ -110,7 +111,7 @@ def lakehouse_follower_job(
 
 def _failure(sync: LakehouseSync, failure: ReverseEtlError) -> Exception:
     """Terminal: a `Failure` that says what to do; transient: the error (the sensor restarts)."""
-    return terminal_failure(sync, failure) if failure.terminal else failure
+    return failure_of(lakehouse_sync(sync), failure) if failure.terminal else failure
 
 
 def _combine(results: list[LakehouseResult]) -> LakehouseResult:

@@ -5,16 +5,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
 from reverse_etl_assets import settings
-from reverse_etl_assets.errors import ReverseEtlError, translate
+from reverse_etl_assets.errors import ReverseEtlError
+from reverse_etl_assets.orchestration.failures import Subject, dagster_error
 from reverse_etl_assets.orchestration.lakehouse_asset_decorator import lakehouse_table_of
 from reverse_etl_assets.orchestration.lakehouse_events import Landed, landed_tables
 from reverse_etl_assets.orchestration.lakehouse_translator import LakehouseTable
-from reverse_etl_assets.orchestration.resources import MAX_RETRIES, RETRY_SECONDS
 from reverse_etl_assets.pipelines.postgres_to_delta.run import (
     LakehouseResult,
     SlotLost,
@@ -95,28 +95,12 @@ def lakehouse_failure(
     context: dg.AssetExecutionContext | dg.OpExecutionContext, sync: LakehouseSync, exc: Exception
 ) -> Exception:
     """A transient error asks for a retry; a terminal one is a `Failure` saying what to do."""
-    failure = exc if isinstance(exc, ReverseEtlError) else translate(exc)
-    if failure is None:
-        return exc
-    if not failure.terminal and context.retry_number < MAX_RETRIES:
-        wait = RETRY_SECONDS * (context.retry_number + 1)
-        context.log.warning(f"{sync.name}: {failure} (transient: retrying in {wait:.0f}s)")
-        return dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait)
-    return terminal_failure(sync, failure)
+    return dagster_error(context.log, context.retry_number, lakehouse_sync(sync), exc)
 
 
-def terminal_failure(sync: LakehouseSync, failure: ReverseEtlError) -> dg.Failure:
-    """A `Failure` naming the sync, the error and what to do."""
-    return dg.Failure(
-        description=f"lakehouse sync {sync.name}: {failure}",
-        metadata={
-            "reverse_etl/lakehouse_sync": sync.name,
-            "reverse_etl/error": type(failure).__name__,
-            "reverse_etl/terminal": failure.terminal,
-            "reverse_etl/what_to_do": what_to_do(sync, failure),
-        },
-        allow_retries=False,
-    )
+def lakehouse_sync(sync: LakehouseSync) -> Subject:
+    """A lakehouse sync as the subject of a failure."""
+    return Subject("lakehouse sync", sync.name, "reverse_etl/lakehouse_sync", next_step(sync))
 
 
 def failed_tables_failure(sync: LakehouseSync, result: LakehouseResult) -> dg.Failure:
@@ -134,18 +118,21 @@ def failed_tables_failure(sync: LakehouseSync, result: LakehouseResult) -> dg.Fa
     )
 
 
-def what_to_do(sync: LakehouseSync, failure: ReverseEtlError) -> str:
-    """The operator's next step after `failure`."""
-    if not failure.terminal:
-        return f"retried {MAX_RETRIES} times; check the server, then materialize again"
-    if isinstance(failure, SlotActive):
+def next_step(sync: LakehouseSync) -> Callable[[ReverseEtlError], str]:
+    """The operator's next step after a terminal error of `sync`."""
+
+    def step(failure: ReverseEtlError) -> str:
+        if isinstance(failure, SlotActive):
+            return (
+                f"another process streams from slot {sync.slot} (pid {failure.pid}); stop it, or "
+                "let it run: it lands the changes"
+            )
+        if isinstance(failure, SlotLost | SlotMissing | SlotInvalidated):
+            return f"run `reverse-etl sync {sync.name} --full-refresh` to take a new snapshot"
         return (
-            f"another process streams from slot {sync.slot} (pid {failure.pid}); stop it, or "
-            "let it run: it lands the changes"
+            "fix what the description names (spec, server settings or privileges), then "
+            f"materialize again; `reverse-etl status {sync.name}` shows the state, "
+            "`reverse-etl validate` checks"
         )
-    if isinstance(failure, SlotLost | SlotMissing | SlotInvalidated):
-        return f"run `reverse-etl sync {sync.name} --full-refresh` to take a new snapshot"
-    return (
-        "fix what the description names (spec, server settings or privileges), then materialize "
-        f"again; `reverse-etl status {sync.name}` shows the state, `reverse-etl validate` checks"
-    )
+
+    return step

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import dagster as dg
 
 from reverse_etl_assets import settings
-from reverse_etl_assets.errors import ReverseEtlError, translate
+from reverse_etl_assets.errors import ReverseEtlError
 from reverse_etl_assets.orchestration import events
 from reverse_etl_assets.orchestration.asset_decorator import synced_table_of
+from reverse_etl_assets.orchestration.failures import Subject, dagster_error
 from reverse_etl_assets.orchestration.pending_sync import PendingSync
 from reverse_etl_assets.pipelines.delta_to_postgres.plan import plan_sync
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress
@@ -22,11 +23,6 @@ from reverse_etl_assets.runtime.progress import describe_progress
 from reverse_etl_assets.spec import SyncedTable
 
 PROGRESS_EVERY_SECONDS = 5.0
-# A transient error (a lock held by a reader, a dropped connection, a sync that moved the
-# checkpoint meanwhile) retries the step this often, waiting RETRY_SECONDS x attempt; a terminal
-# one fails it with what to do.
-MAX_RETRIES = 3
-RETRY_SECONDS = 10.0
 
 
 class PostgresTarget(dg.ConfigurableResource):
@@ -59,7 +55,9 @@ class PostgresTarget(dg.ConfigurableResource):
             try:
                 plan = plan_sync(table, self.get_dsn(), full_refresh=full_refresh)
             except Exception as exc:
-                raise dagster_error(context.log, context.retry_number, table, exc) from exc
+                raise dagster_error(
+                    context.log, context.retry_number, synced_table(table), exc
+                ) from exc
             pending = PendingSync(plan=plan, dsn=self.get_dsn())
             context.log.info(f"{table.name}: planned {pending.describe()}")
             observation = events.source_observation(context.instance, source_key, plan.version)
@@ -91,36 +89,14 @@ def progress_logger(log: logging.Logger | dg.DagsterLogManager, table: SyncedTab
     return progress
 
 
-def dagster_error(
-    log: logging.Logger | dg.DagsterLogManager,
-    retry_number: int,
-    table: SyncedTable,
-    exc: Exception,
-) -> Exception:
-    """A transient error asks for a retry; a terminal one is a `Failure` saying what to do."""
-    failure = exc if isinstance(exc, ReverseEtlError) else translate(exc)
-    if failure is None:
-        return exc
-    if not failure.terminal and retry_number < MAX_RETRIES:
-        wait = RETRY_SECONDS * (retry_number + 1)
-        log.warning(f"{table.name}: {failure} (transient: retrying in {wait:.0f}s)")
-        return dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait)
-    return dg.Failure(
-        description=f"synced table {table.name}: {failure}",
-        metadata={
-            "reverse_etl/synced_table": table.name,
-            "reverse_etl/error": type(failure).__name__,
-            "reverse_etl/terminal": failure.terminal,
-            "reverse_etl/what_to_do": _what_to_do(table, failure),
-        },
-        allow_retries=False,
-    )
+def synced_table(table: SyncedTable) -> Subject:
+    """A synced table as the subject of a failure."""
 
+    def next_step(failure: ReverseEtlError) -> str:
+        return (
+            "fix what the description names (spec, source or data), then materialize again; "
+            f"`reverse-etl status {table.name}` shows the state, `reverse-etl validate` checks "
+            "the spec"
+        )
 
-def _what_to_do(table: SyncedTable, failure: ReverseEtlError) -> str:
-    if not failure.terminal:
-        return f"retried {MAX_RETRIES} times; check the server, then materialize again"
-    return (
-        "fix what the description names (spec, source or data), then materialize again; "
-        f"`reverse-etl status {table.name}` shows the state, `reverse-etl validate` checks the spec"
-    )
+    return Subject("synced table", table.name, "reverse_etl/synced_table", next_step)
