@@ -270,6 +270,7 @@ class _Server:
 
     url: str
     process: subprocess.Popen[bytes]
+    log: Path
 
     def wait_until_serving(self) -> None:
         """Block until the server answers; fail if it exits or takes too long."""
@@ -290,30 +291,22 @@ class _Server:
 
 
 @contextmanager
-def _webserver(tmp_path: Path) -> Iterator[_Server]:
-    """Start `dagster-webserver` on the project's workspace.yaml and a free port; stop it after.
-
-    It starts in the background: call `wait_until_serving` before using it.
+def _webserver(tmp_path: Path, *, dev: bool = False, cwd: Path | None = None) -> Iterator[_Server]:
+    """Start `dagster-webserver` (or, with `dev`, `dagster dev`: webserver, daemon and code
+    server) on the project's workspace.yaml and a free port, in `cwd` (default `tmp_path`);
+    stop it after. It starts in the background: call `wait_until_serving` before using it.
     """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log_path = tmp_path / "webserver.log"
-    command = [
-        sys.executable,
-        "-m",
-        "dagster_webserver",
-        "-w",
-        str(PROJECT_ROOT / "workspace.yaml"),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
+    log_path = tmp_path / ("dagster-dev.log" if dev else "webserver.log")
+    program = ["dagster", "dev"] if dev else ["dagster_webserver"]
+    workspace = ["-w", str(PROJECT_ROOT / "workspace.yaml")]
+    command = [sys.executable, "-m", *program, *workspace, "-h", "127.0.0.1", "-p", str(port)]
     with log_path.open("w") as log:
         process = subprocess.Popen(
             command,
-            cwd=tmp_path,
+            cwd=cwd or tmp_path,
             env=dict(os.environ),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -322,9 +315,9 @@ def _webserver(tmp_path: Path) -> Iterator[_Server]:
         )
     # On a failure, the server's log goes to the test's output.
     try:
-        yield _Server(url=f"http://127.0.0.1:{port}", process=process)
+        yield _Server(url=f"http://127.0.0.1:{port}", process=process, log=log_path)
     except BaseException:
-        print(f"--- last lines of {log_path} ---\n{_tail(log_path)}")
+        print(f"--- last lines of {log_path} ---\n{_tail(log_path, 80)}")
         raise
     finally:
         _stop(process)

@@ -10,11 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -37,10 +32,8 @@ from reverse_etl_assets_tests.test_ui import (
     PROJECT_ROOT,
     _dagster_storage_env,
     _node,
-    _Server,
     _skip_welcome_dialog,
-    _stop,
-    _tail,
+    _webserver,
 )
 
 pytestmark = [
@@ -95,7 +88,9 @@ def test_demo_fresh_after_sync_stale_after_a_commit_fresh_again(
     tmp_path: Path, demo_env: dict[str, str]
 ) -> None:
     spec = load_spec(Path(demo_env[ENV_SPEC]))
-    with _dagster_dev(tmp_path, Path(demo_env["DAGSTER_HOME"])) as server:
+    home = Path(demo_env["DAGSTER_HOME"])
+    # As `make dev` runs it: from DAGSTER_HOME, so Dagster reads its dagster.yaml without a word.
+    with _webserver(tmp_path, dev=True, cwd=home) as server:
         server.wait_until_serving()
         _skip_welcome_dialog(server.url)
         with sync_playwright() as playwright:
@@ -142,6 +137,7 @@ def test_demo_fresh_after_sync_stale_after_a_commit_fresh_again(
                 page.screenshot(path=str(tmp_path / "fresh-again.png"))
             finally:
                 browser.close()
+    assert "will not be used to configure Dagster" not in server.log.read_text(errors="replace")
 
 
 def _open_graph(page: Page, url: str) -> None:
@@ -158,42 +154,3 @@ def _commit_one_more_row(path: Path) -> None:
     keys = pa.array([current["user_id"].to_pylist()[-1] + 10_000], pa.int64())
     row = row.set_column(row.schema.get_field_index("user_id"), "user_id", keys)
     write_deltalake(str(path), row, mode="append")
-
-
-@contextmanager
-def _dagster_dev(tmp_path: Path, home: Path) -> Iterator[_Server]:
-    """`dagster dev` (webserver, daemon, code server) as `make dev` runs it, on a free port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_path = tmp_path / "dagster-dev.log"
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        str(PROJECT_ROOT / "workspace.yaml"),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=home,
-            env=dict(os.environ),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield _Server(url=f"http://127.0.0.1:{port}", process=process)
-    except BaseException:
-        print(f"--- last lines of {log_path} ---\n{_tail(log_path, 80)}")
-        raise
-    finally:
-        _stop(process)
-    assert "will not be used to configure Dagster" not in log_path.read_text(errors="replace")
