@@ -239,6 +239,8 @@ def test_follower_snapshots_then_applies_each_version_and_batches_bursts(
     table = continuous(tmp_path, src, poll_interval_seconds=1)
     with following(table, pg_dsn) as run:
         wait_until(lambda: checkpoint(pg_dsn) == 0, timeout=30, what="the initial snapshot")
+        # The checkpoint commits before the follower reports the sync: wait for the report too.
+        wait_until(lambda: bool(run.synced), timeout=10, what="the snapshot's report")
         assert run.synced[0].path == "snapshot"
         DeltaTable(str(src)).update(updates={"v": "'changed'"}, predicate="id < 10")
         wait_until(lambda: checkpoint(pg_dsn) == 1, timeout=10, what="version 1")
