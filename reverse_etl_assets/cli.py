@@ -34,11 +34,13 @@ from reverse_etl_assets.pipelines.postgres_to_delta.run import (
     source_dsn,
     sync_lakehouse,
 )
-from reverse_etl_assets.pipelines.postgres_to_delta.status import LakehouseStatus, lakehouse_status
+from reverse_etl_assets.pipelines.postgres_to_delta.status import (
+    LakehouseStatus,
+    read_lakehouse_status,
+)
 from reverse_etl_assets.pipelines.postgres_to_delta.verify import verify_lakehouse
 from reverse_etl_assets.postgres import state
 from reverse_etl_assets.postgres.connect import connect, redact
-from reverse_etl_assets.postgres.lakehouse_state import read_lakehouse_state
 from reverse_etl_assets.postgres.replication.lsn import format_lsn
 from reverse_etl_assets.runtime.progress import describe_progress
 from reverse_etl_assets.runtime.signals import stop_on_signals
@@ -405,7 +407,7 @@ def _status(args: argparse.Namespace) -> int:
     with connect(settings.pg_dsn(), autocommit=True) as conn:
         state.ensure_state_table(conn)
         stored = {s.name: s for s in state.read_all_states(conn)}
-        lakehouse = [_lakehouse_status(s, conn) for s in syncs]
+    lakehouse = [read_lakehouse_status(s, settings.pg_dsn()) for s in syncs]
     rows = [table_status(t, stored.get(t.name)) for t in tables]
     if args.json:
         objects = [r.to_json() for r in rows] + [s.to_json() for s in lakehouse]
@@ -416,18 +418,6 @@ def _status(args: argparse.Namespace) -> int:
     for status in lakehouse:
         print(_format_lakehouse(status))
     return 0
-
-
-def _lakehouse_status(sync: LakehouseSync, conn: psycopg.Connection) -> LakehouseStatus:
-    stored = read_lakehouse_state(conn, sync.name)
-    source = source_dsn(sync, settings.pg_dsn())
-    if source == settings.pg_dsn():
-        return lakehouse_status(sync, stored, conn)
-    try:
-        with connect(source, autocommit=True) as other:
-            return lakehouse_status(sync, stored, other)
-    except ReverseEtlError:
-        return lakehouse_status(sync, stored, None)
 
 
 def _format_lakehouse(status: LakehouseStatus) -> str:

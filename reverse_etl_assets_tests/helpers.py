@@ -16,6 +16,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from psycopg import sql
 
+from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import Spec, SyncedTable, parse_spec
 
 
@@ -35,10 +36,21 @@ def spec_of(tmp_path: Path, *tables: dict[str, Any], lake_root: Path | None = No
     return parse_spec(raw, path=tmp_path / "synced_tables.yaml")
 
 
+ITEMS_SYNCED = "lakebase.gold.items_synced"
+
+
 def one_table(tmp_path: Path, **entry: Any) -> SyncedTable:
     """The single synced table of a spec made from `entry`."""
-    entry.setdefault("name", "lakebase.gold.items_synced")
+    entry.setdefault("name", ITEMS_SYNCED)
     return spec_of(tmp_path, entry).synced_tables[0]
+
+
+def stored_state(dsn: str, name: str = ITEMS_SYNCED) -> TableState:
+    """The stored state of synced table `name` (it must have one)."""
+    with psycopg.connect(dsn) as conn:
+        found = read_state(conn, name)
+    assert found is not None, f"no state stored for {name}"
+    return found
 
 
 def fetch(

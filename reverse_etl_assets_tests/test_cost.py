@@ -16,7 +16,7 @@ from reverse_etl_assets.pipelines.delta_to_postgres import cost
 from reverse_etl_assets.pipelines.delta_to_postgres.plan import plan_sync
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.postgres import state
-from reverse_etl_assets.postgres.state import TableState, read_state
+from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets_tests.helpers import (
     delta_rows,
@@ -24,18 +24,12 @@ from reverse_etl_assets_tests.helpers import (
     items,
     one_table,
     postgres_rows,
+    stored_state,
     write_delta,
 )
 
 NAME = "lakebase.gold.items_synced"
 ROWS = 30_000  # large enough that a full rewrite costs more as changes than as a snapshot
-
-
-def stored(dsn: str) -> TableState:
-    with psycopg.connect(dsn) as conn:
-        found = read_state(conn, NAME)
-    assert found is not None
-    return found
 
 
 def triggered(tmp_path: Path, src: Path, **extra: object) -> SyncedTable:
@@ -55,7 +49,7 @@ def test_a_small_range_goes_incremental_and_says_why(tmp_path: Path, pg_dsn: str
     assert result.estimates["incremental"] < result.estimates["snapshot"]
     assert result.reason.startswith("incremental: ~")
     assert "for a snapshot (~10 changed rows in the Delta log, 30,000 rows)" in result.reason
-    assert stored(pg_dsn).message == result.reason  # what the status shows
+    assert stored_state(pg_dsn).message == result.reason  # what the status shows
     assert postgres_rows(pg_dsn) == delta_rows(src)
 
 
@@ -99,12 +93,12 @@ def test_the_measured_rates_are_kept_and_steer_the_choice(tmp_path: Path, pg_dsn
     write_delta(src, items(range(ROWS)))
     table = triggered(tmp_path, src)
     sync_table(table, pg_dsn)
-    first = stored(pg_dsn)
+    first = stored_state(pg_dsn)
     assert first.snapshot_rows_per_second is not None and first.snapshot_rows_per_second > 0
     assert first.incremental_changes_per_second is None  # no increment measured yet
     DeltaTable(str(src)).update(updates={"v": "'x'"}, predicate="id < 12000")
     assert sync_table(table, pg_dsn).path == "incremental"
-    measured = stored(pg_dsn).incremental_changes_per_second
+    measured = stored_state(pg_dsn).incremental_changes_per_second
     assert measured is not None and measured > 0
     # The same range costs what this table's syncs reached: were its increments very slow, a
     # snapshot would be the cheaper path.

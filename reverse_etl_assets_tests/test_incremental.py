@@ -22,7 +22,6 @@ from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.pipelines.delta_to_postgres import states
 from reverse_etl_assets.pipelines.delta_to_postgres.incremental import SchemaChangeError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
-from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets_tests.helpers import (
     delta_rows,
@@ -30,17 +29,11 @@ from reverse_etl_assets_tests.helpers import (
     items,
     one_table,
     postgres_rows,
+    stored_state,
     write_delta,
 )
 
 NAME = "lakebase.gold.items_synced"
-
-
-def stored(dsn: str) -> TableState:
-    with psycopg.connect(dsn) as conn:
-        state = read_state(conn, NAME)
-    assert state is not None
-    return state
 
 
 def triggered(tmp_path: Path, src: Path, **extra: object) -> SyncedTable:
@@ -59,11 +52,11 @@ def test_versions_apply_incrementally_and_exactly(tmp_path: Path, pg_dsn: str) -
     result = sync_table(table, pg_dsn)
     assert (result.path, result.version, result.changes) == ("incremental", 3, 10)
     assert postgres_rows(pg_dsn) == delta_rows(src)
-    assert stored(pg_dsn).rows == 97 and stored(pg_dsn).last_synced_version == 3
+    assert stored_state(pg_dsn).rows == 97 and stored_state(pg_dsn).last_synced_version == 3
 
     again = sync_table(table, pg_dsn)
     assert (again.path, again.version) == ("none", 3)
-    assert stored(pg_dsn).state == states.ONLINE_NO_PENDING_UPDATE
+    assert stored_state(pg_dsn).state == states.ONLINE_NO_PENDING_UPDATE
 
 
 def test_delete_then_reinsert_and_overwrite_of_the_same_keys(tmp_path: Path, pg_dsn: str) -> None:
@@ -94,7 +87,7 @@ def test_compaction_advances_the_checkpoint_without_writes(tmp_path: Path, pg_ds
     DeltaTable(str(src)).optimize.compact()
     result = sync_table(table, pg_dsn)
     assert (result.path, result.changes, result.version) == ("incremental", 0, 3)
-    assert stored(pg_dsn).last_synced_version == 3
+    assert stored_state(pg_dsn).last_synced_version == 3
     assert fetch(pg_dsn, writes) == before
 
 
@@ -111,7 +104,7 @@ def test_recreated_source_is_fully_refreshed(tmp_path: Path, pg_dsn: str) -> Non
     result = sync_table(table, pg_dsn)
     assert result.path == "snapshot" and "recreated" in result.reason
     assert postgres_rows(pg_dsn) == delta_rows(src)
-    assert "recreated" in stored(pg_dsn).message
+    assert "recreated" in stored_state(pg_dsn).message
 
 
 def test_vacuumed_range_falls_back_to_a_snapshot(tmp_path: Path, pg_dsn: str) -> None:
@@ -202,11 +195,11 @@ def test_non_additive_schema_change_stops_then_full_refresh_works(
         sync_table(table, pg_dsn)
     assert "column 'v'" in str(info.value)
     assert postgres_rows(pg_dsn) == before
-    assert stored(pg_dsn).state == states.ONLINE_PIPELINE_FAILED
+    assert stored_state(pg_dsn).state == states.ONLINE_PIPELINE_FAILED
     result = sync_table(table, pg_dsn, full_refresh=True)
     assert result.path == "snapshot" and result.version == 1
     assert postgres_rows(pg_dsn) == delta_rows(src)
-    assert stored(pg_dsn).state == states.ONLINE_NO_PENDING_UPDATE
+    assert stored_state(pg_dsn).state == states.ONLINE_NO_PENDING_UPDATE
 
 
 def test_duplicate_keys_in_a_version_fail_and_change_nothing(tmp_path: Path, pg_dsn: str) -> None:
@@ -218,7 +211,7 @@ def test_duplicate_keys_in_a_version_fail_and_change_nothing(tmp_path: Path, pg_
     with pytest.raises(DataError, match=r"\{'id': 7\} x2 in version 1"):
         sync_table(table, pg_dsn)
     assert postgres_rows(pg_dsn) == delta_rows(src, version=0)
-    assert stored(pg_dsn).last_synced_version == 0
+    assert stored_state(pg_dsn).last_synced_version == 0
 
 
 def test_duplicate_keys_a_later_version_fixed_go_through_a_snapshot(
@@ -252,7 +245,7 @@ def test_a_second_sync_waits_for_the_first(tmp_path: Path, pg_dsn: str) -> None:
     assert not finished.is_set()  # blocked behind the lock, not running alongside
     holder.close()
     worker.join(timeout=30)
-    assert finished.is_set() and stored(pg_dsn).last_synced_version == 1
+    assert finished.is_set() and stored_state(pg_dsn).last_synced_version == 1
 
 
 # What Postgres runs while the increment is staged (the feed streams in), then applied.
@@ -345,7 +338,7 @@ def test_a_file_lost_mid_range_fails_and_leaves_the_old_version(
     assert failed.returncode != 0
     assert "reading Delta table" in failed.stderr and NAME in failed.stderr
     assert postgres_rows(pg_dsn) == before
-    state = stored(pg_dsn)
+    state = stored_state(pg_dsn)
     assert (state.state, state.last_synced_version) == (states.ONLINE_PIPELINE_FAILED, 0)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psycopg
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
@@ -17,7 +16,6 @@ from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
 from reverse_etl_assets.pipelines.delta_to_postgres.preflight import check_source
 from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
-from reverse_etl_assets.postgres.state import TableState, read_state
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets_tests.helpers import (
     delta_rows,
@@ -25,17 +23,11 @@ from reverse_etl_assets_tests.helpers import (
     items,
     one_table,
     postgres_rows,
+    stored_state,
     write_delta,
 )
 
 NAME = "lakebase.gold.items_synced"
-
-
-def stored(dsn: str) -> TableState:
-    with psycopg.connect(dsn) as conn:
-        state = read_state(conn, NAME)
-    assert state is not None
-    return state
 
 
 def triggered(tmp_path: Path, src: Path, **extra: object) -> SyncedTable:
@@ -57,7 +49,7 @@ def test_an_update_of_the_key_removes_the_old_key(tmp_path: Path, pg_dsn: str) -
     DeltaTable(str(src)).update(updates={"id": "id - 1100"}, predicate="id = 1001")
     assert sync_table(table, pg_dsn).path == "incremental"
     assert postgres_rows(pg_dsn) == delta_rows(src)
-    assert stored(pg_dsn).rows == 10
+    assert stored_state(pg_dsn).rows == 10
 
 
 def test_an_update_of_one_key_column_of_a_composite_key(tmp_path: Path, pg_dsn: str) -> None:
@@ -150,7 +142,7 @@ def test_timeseries_rows_replaced_by_older_ones(tmp_path: Path, pg_dsn: str) -> 
     write_delta(src, events([(1, 1, "a1"), (1, 0, "a0"), (4, 1, "d1"), *FILLER]), mode="overwrite")
     sync_table(table, pg_dsn)
     assert synced_events(pg_dsn) == latest_per_key(src) == [(1, 1, "a1"), (4, 1, "d1")]
-    assert stored(pg_dsn).rows == 22
+    assert stored_state(pg_dsn).rows == 22
 
 
 def test_skipped_null_keys_counts_the_synced_version(tmp_path: Path, pg_dsn: str) -> None:
@@ -165,14 +157,16 @@ def test_skipped_null_keys_counts_the_synced_version(tmp_path: Path, pg_dsn: str
     DeltaTable(str(src)).delete("v = 'n3'")
     result = sync_table(table, pg_dsn)
     assert result.path == "incremental"
-    assert result.skipped_null_keys == stored(pg_dsn).skipped_null_keys == 2
+    assert result.skipped_null_keys == stored_state(pg_dsn).skipped_null_keys == 2
     assert sync_table(table, pg_dsn).skipped_null_keys == 2  # nothing to do: the same count
     # one NULL key gets a value: it lands, 1 NULL-key row is left
     DeltaTable(str(src)).update(updates={"id": "7"}, predicate="v = 'n1!'")
-    assert sync_table(table, pg_dsn).skipped_null_keys == stored(pg_dsn).skipped_null_keys == 1
+    assert (
+        sync_table(table, pg_dsn).skipped_null_keys == stored_state(pg_dsn).skipped_null_keys == 1
+    )
     assert postgres_rows(pg_dsn) == [(1, "a"), (7, "n1!")]
     full = sync_table(table, pg_dsn, full_refresh=True)
-    assert full.skipped_null_keys == stored(pg_dsn).skipped_null_keys == 1
+    assert full.skipped_null_keys == stored_state(pg_dsn).skipped_null_keys == 1
 
 
 def test_nul_byte_in_a_string_key_is_stripped_in_deletes_too(tmp_path: Path, pg_dsn: str) -> None:
@@ -199,7 +193,7 @@ def test_nul_byte_in_a_delete_key_under_fail(tmp_path: Path, pg_dsn: str) -> Non
         sync_table(table, pg_dsn)
     DeltaTable(str(src)).delete("v = '2'")
     assert sync_table(table, pg_dsn).path == "incremental"
-    assert stored(pg_dsn).last_synced_version == 2
+    assert stored_state(pg_dsn).last_synced_version == 2
     assert fetch(pg_dsn, "SELECT count(*) FROM gold.items_synced") == [(20,)]
     # When the stripped key is another row's, the delete is ambiguous: refused, nothing changes.
     write_delta(src, pa.table({"k": ["ab"], "v": ["3"]}))
@@ -208,7 +202,7 @@ def test_nul_byte_in_a_delete_key_under_fail(tmp_path: Path, pg_dsn: str) -> Non
     DeltaTable(str(src)).delete("v = '4'")
     with pytest.raises(DataError, match=r"column 'k' holds a NUL byte.*on_invalid_characters"):
         sync_table(table, pg_dsn)
-    assert stored(pg_dsn).last_synced_version == 3
+    assert stored_state(pg_dsn).last_synced_version == 3
     assert fetch(pg_dsn, "SELECT k FROM gold.items_synced WHERE k = 'ab'") == [("ab",)]
 
 
@@ -312,5 +306,5 @@ def test_a_nul_byte_fails_only_in_a_row_to_write(tmp_path: Path, pg_dsn: str) ->
     write_delta(src, pa.table({"id": pa.array([51, 52], pa.int64()), "v": ["a\x00", "ok"]}))
     with pytest.raises(DataError, match=r"column 'v' holds a NUL byte .* key \{'id': 51\}"):
         sync_table(table, pg_dsn)
-    assert stored(pg_dsn).last_synced_version == 2
+    assert stored_state(pg_dsn).last_synced_version == 2
     assert postgres_rows(pg_dsn)[-1] == (50, "clean")

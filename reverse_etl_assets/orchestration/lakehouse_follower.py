@@ -4,7 +4,6 @@ and mirror tables at a bounded rate. The `continuous_followers` sensor keeps it 
 """
 
 import time
-from dataclasses import replace
 
 import dagster as dg
 
@@ -21,7 +20,7 @@ from reverse_etl_assets.orchestration.lakehouse_translator import (
     lakehouse_tables,
 )
 from reverse_etl_assets.pipelines.postgres_to_delta.follow import follow_lakehouse
-from reverse_etl_assets.pipelines.postgres_to_delta.run import LakehouseResult
+from reverse_etl_assets.pipelines.postgres_to_delta.run import LakehouseResult, combine_results
 from reverse_etl_assets.spec import LakehouseSync
 
 # The follower commits about every second; one materialization per table per this many seconds.
@@ -63,7 +62,7 @@ def lakehouse_follower_job(
                 return
             reported[0] = time.monotonic()
             try:
-                landed = lakehouse.materializations(sync, _combine(pending), tables)
+                landed = lakehouse.materializations(sync, combine_results(pending), tables)
             except Exception as exc:  # the data is safe in Delta; the next report covers it
                 context.log.warning(f"{sync.name}: could not report materializations: {exc}")
                 return
@@ -112,30 +111,3 @@ def lakehouse_follower_job(
 def _failure(sync: LakehouseSync, failure: ReverseEtlError) -> Exception:
     """Terminal: a `Failure` that says what to do; transient: the error (the sensor restarts)."""
     return failure_of(lakehouse_sync(sync), failure) if failure.terminal else failure
-
-
-def _combine(results: list[LakehouseResult]) -> LakehouseResult:
-    """Several flushes as one result: counts added, the last LSN kept."""
-    total = replace(
-        results[0],
-        changes=dict(results[0].changes),
-        table_changes={t: dict(c) for t, c in results[0].table_changes.items()},
-        snapshot_rows=dict(results[0].snapshot_rows),
-        failed_tables=dict(results[0].failed_tables),
-    )
-    for part in results[1:]:
-        total.rows += part.rows
-        total.seconds += part.seconds
-        if part.last_lsn is not None:
-            total.last_lsn = part.last_lsn
-        if part.path == "snapshot" or total.path == "none":
-            total.path = part.path
-        for kind, count in part.changes.items():
-            total.changes[kind] = total.changes.get(kind, 0) + count
-        for table, counts in part.table_changes.items():
-            into = total.table_changes.setdefault(table, {})
-            for kind, count in counts.items():
-                into[kind] = into.get(kind, 0) + count
-        total.snapshot_rows.update(part.snapshot_rows)
-        total.failed_tables.update(part.failed_tables)
-    return total

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -243,14 +243,43 @@ def _record_failure(state_conn: psycopg.Connection, sync: LakehouseSync, exc: Ex
             log.warning("%s: could not record the failure: %s", sync.name, state_error)
 
 
+def combine_results(results: list[LakehouseResult]) -> LakehouseResult:
+    """Several flushes (of a follower) as one result: counts added, the last LSN kept."""
+    total = replace(
+        results[0],
+        changes=dict(results[0].changes),
+        table_changes={t: dict(c) for t, c in results[0].table_changes.items()},
+        snapshot_rows=dict(results[0].snapshot_rows),
+        failed_tables=dict(results[0].failed_tables),
+    )
+    for part in results[1:]:
+        total.rows += part.rows
+        total.seconds += part.seconds
+        if part.last_lsn is not None:
+            total.last_lsn = part.last_lsn
+        if part.path == "snapshot" or total.path == "none":
+            total.path = part.path
+        _add_counts(total.changes, part.changes)
+        _add_table_counts(total.table_changes, part.table_changes)
+        total.snapshot_rows.update(part.snapshot_rows)
+        total.failed_tables.update(part.failed_tables)
+    return total
+
+
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for kind, count in counts.items():
+        into[kind] = into.get(kind, 0) + count
+
+
+def _add_table_counts(into: dict[str, dict[str, int]], counts: dict[str, dict[str, int]]) -> None:
+    for table, by_kind in counts.items():
+        _add_counts(into.setdefault(table, {}), by_kind)
+
+
 def _add(total: Flushed, part: Flushed) -> None:
     total.rows += part.rows
-    for kind, count in part.by_type.items():
-        total.by_type[kind] = total.by_type.get(kind, 0) + count
-    for table, counts in part.by_table.items():
-        into = total.by_table.setdefault(table, {})
-        for kind, count in counts.items():
-            into[kind] = into.get(kind, 0) + count
+    _add_counts(total.by_type, part.by_type)
+    _add_table_counts(total.by_table, part.by_table)
     total.tables = sorted({*total.tables, *part.tables})
     total.failed.update(part.failed)
     if part.last_lsn is not None:
