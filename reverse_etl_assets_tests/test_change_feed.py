@@ -10,14 +10,14 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from reverse_etl_assets.delta import change_feed
+from reverse_etl_assets.delta import cdf_columns, change_feed
 from reverse_etl_assets.delta.log import RangeUnavailable
 from reverse_etl_assets.delta.reader import open_source
 
 
 def feed(src: Path, *, start: int, engine: bool) -> list[tuple[object, ...]]:
     source = open_source(str(src), storage_options={})
-    names = [*source.schema.names, change_feed.CHANGE_TYPE, change_feed.COMMIT_VERSION]
+    names = [*source.schema.names, cdf_columns.CHANGE_TYPE, cdf_columns.COMMIT_VERSION]
     if engine:
         batches = change_feed._engine_changes(
             source.table, start=start, end=source.version, schema=source.schema, names=names
@@ -126,3 +126,68 @@ def test_a_timestamp_partition_is_read(tmp_path: Path) -> None:
         (2, datetime(2024, 1, 1, tzinfo=UTC), "b"),
         (2, datetime(2024, 1, 1, tzinfo=UTC), "u"),
     }
+
+
+def keyed_feed(src: Path, key: tuple[str, ...]) -> list[tuple[object, ...]]:
+    source = open_source(str(src), storage_options={})
+    batches = change_feed.stream_changes(
+        source.table,
+        uri=str(src),
+        storage_options={},
+        start=1,
+        end=source.version,
+        schema=source.schema,
+        key=key,
+    )
+    return sorted((tuple(r.values()) for b in batches for r in b.to_pylist()), key=repr)
+
+
+def cdf_table(tmp_path: Path, rows: pa.Table, *, partition_by: list[str] | None = None) -> Path:
+    src = tmp_path / "src"
+    config = {"delta.enableChangeDataFeed": "true"}
+    write_deltalake(str(src), rows, partition_by=partition_by, configuration=config)
+    return src
+
+
+def test_update_preimages_paired_by_their_key_are_left_out(tmp_path: Path) -> None:
+    src = cdf_table(tmp_path, table(list(range(20)), "a", "v"))
+    DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 5")
+    rows = keyed_feed(src, ("id",))
+    kinds = [r[-2] for r in rows]
+    assert kinds.count("update_postimage") == 5 and "update_preimage" not in kinds
+    # Without a key the feed is whole.
+    assert [r[-2] for r in feed(src, start=1, engine=False)].count("update_preimage") == 5
+
+
+def test_a_preimage_whose_key_moved_is_kept(tmp_path: Path) -> None:
+    # UPDATE SET id = id + 100: the old keys appear only as preimages, which delete them.
+    src = cdf_table(tmp_path, table(list(range(6)), "a", "v"))
+    DeltaTable(str(src)).update(updates={"id": "id + 100"}, predicate="id < 2")
+    DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id = 3")
+    rows = keyed_feed(src, ("id",))
+    preimages = sorted(r[0] for r in rows if r[-2] == "update_preimage")
+    assert preimages == [0, 1]
+    assert sorted(r[0] for r in rows if r[-2] == "update_postimage") == [3, 100, 101]
+
+
+def test_preimages_pair_on_the_whole_key_and_never_on_nulls(tmp_path: Path) -> None:
+    rows = pa.table(
+        {
+            "a": pa.array([1, 1, 2, None], pa.int64()),
+            "b": pa.array(["x", "y", "x", "n"]),
+            "v": pa.array(["v"] * 4),
+        }
+    )
+    src = cdf_table(tmp_path, rows)
+    # (1, 'x') becomes (1, 'z'): same `a`, another key; the NULL-key row is updated in place.
+    DeltaTable(str(src)).update(updates={"b": "'z'"}, predicate="a = 1 AND b = 'x'")
+    DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="a IS NULL OR a = 2")
+    kept = [(r[0], r[1]) for r in keyed_feed(src, ("a", "b")) if r[-2] == "update_preimage"]
+    assert sorted(kept, key=repr) == [(1, "x"), (None, "n")]
+
+
+def test_a_partition_column_key_keeps_every_preimage(tmp_path: Path) -> None:
+    src = cdf_table(tmp_path, table(list(range(4)), "a", "v"), partition_by=["part"])
+    DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 2")
+    rows = keyed_feed(src, ("part",))
+    assert [r[-2] for r in rows].count("update_preimage") == 2

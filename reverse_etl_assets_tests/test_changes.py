@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
+from psycopg import sql
 
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.postgres import apply, change_stage
@@ -48,22 +49,46 @@ def stage(conn: psycopg.Connection, batches: list[pa.RecordBatch], **kw: Any) ->
     return preparer
 
 
-def net_table(conn: psycopg.Connection, value: str = "v") -> tuple[dict[Any, Any], list[Any]]:
-    rows = conn.execute(f'SELECT id, "{value}", _retl_arriving FROM _retl_net').fetchall()
-    upserts = {r[0]: r[1] for r in rows if r[2]}
-    return upserts, sorted(r[0] for r in rows if not r[2])
+def netted(
+    conn: psycopg.Connection, net: change_stage.Net, value: str = "v"
+) -> tuple[dict[Any, Any], list[Any]]:
+    """The rows `net` upserts (key -> value) and the keys it deletes."""
+    upserts = conn.execute(
+        sql.SQL('SELECT id, "{}" FROM {}'.format(value, "{}")).format(net.upserts)
+    )
+    keys = conn.execute(sql.SQL("SELECT id FROM {}").format(net.deletes))
+    return dict(upserts.fetchall()), sorted(k for (k,) in keys.fetchall())
 
 
-def reduce(conn: psycopg.Connection, rows: list[Row]) -> tuple[dict[Any, Any], list[Any]]:
-    preparer = stage(conn, [cdf(rows)])
-    columns = preparer.columns[:2]
-    count = change_stage.net_last_changes(conn, key=("id",), columns=columns, table="t")
-    upserts, deletes = net_table(conn)
-    assert count == len(upserts) + len(deletes)
+@pytest.fixture(params=[False, True], ids=["aggregate", "sort"])
+def sort(request: pytest.FixtureRequest) -> bool:
+    """Both ways of netting: one aggregation when no key arrives twice, else the full sort."""
+    return bool(request.param)
+
+
+def net_last(conn: psycopg.Connection, preparer: ChangePreparer, sort: bool) -> change_stage.Net:
+    return change_stage.net_last_changes(
+        conn,
+        key=("id",),
+        columns=preparer.columns[:2],
+        table="t",
+        arriving_rows=preparer.arriving_rows,
+        sort=sort,
+    )
+
+
+def reduce(
+    conn: psycopg.Connection, rows: list[Row], sort: bool
+) -> tuple[dict[Any, Any], list[Any]]:
+    net = net_last(conn, stage(conn, [cdf(rows)]), sort)
+    upserts, deletes = netted(conn, net)
+    assert net.changes == len(upserts) + len(deletes)
     return upserts, deletes
 
 
-def test_overwrite_inserts_before_deletes_keeps_the_new_rows(conn: psycopg.Connection) -> None:
+def test_overwrite_inserts_before_deletes_keeps_the_new_rows(
+    conn: psycopg.Connection, sort: bool
+) -> None:
     rows = [
         (1, "new1", "insert", 4),
         (2, "new2", "insert", 4),
@@ -71,10 +96,10 @@ def test_overwrite_inserts_before_deletes_keeps_the_new_rows(conn: psycopg.Conne
         (2, "old2", "delete", 4),
         (3, "old3", "delete", 4),
     ]
-    assert reduce(conn, rows) == ({1: "new1", 2: "new2"}, [3])
+    assert reduce(conn, rows, sort) == ({1: "new1", 2: "new2"}, [3])
 
 
-def test_unordered_versions_last_change_wins(conn: psycopg.Connection) -> None:
+def test_unordered_versions_last_change_wins(conn: psycopg.Connection, sort: bool) -> None:
     rows = [
         (1, None, "delete", 3),
         (1, "a", "insert", 1),
@@ -84,31 +109,34 @@ def test_unordered_versions_last_change_wins(conn: psycopg.Connection) -> None:
         (3, "c", "delete", 1),
         (3, "c2", "insert", 5),
     ]
-    assert reduce(conn, rows) == ({2: "B", 3: "c2"}, [1])
+    assert reduce(conn, rows, sort) == ({2: "B", 3: "c2"}, [1])
 
 
-def test_preimages_never_land(conn: psycopg.Connection) -> None:
+def test_preimages_never_land(conn: psycopg.Connection, sort: bool) -> None:
     rows = [(5, "old", "update_preimage", 2), (5, "new", "update_postimage", 2)]
-    assert reduce(conn, rows) == ({5: "new"}, [])
+    assert reduce(conn, rows, sort) == ({5: "new"}, [])
 
 
-def test_two_new_rows_for_one_key_in_one_version_fail(conn: psycopg.Connection) -> None:
+def test_two_new_rows_for_one_key_in_one_version_fail(conn: psycopg.Connection, sort: bool) -> None:
     with pytest.raises(DataError, match=r"\{'id': 7\} x2 in version 3"):
-        reduce(conn, [(7, "a", "insert", 3), (7, "b", "insert", 3)])
+        reduce(conn, [(7, "a", "insert", 3), (7, "b", "insert", 3)], sort)
 
 
-def test_same_key_in_different_versions_is_not_a_duplicate(conn: psycopg.Connection) -> None:
-    assert reduce(conn, [(7, "a", "insert", 3), (7, "b", "insert", 4)]) == ({7: "b"}, [])
+def test_same_key_in_different_versions_is_not_a_duplicate(
+    conn: psycopg.Connection, sort: bool
+) -> None:
+    assert reduce(conn, [(7, "a", "insert", 3), (7, "b", "insert", 4)], sort) == ({7: "b"}, [])
 
 
-def test_null_keys_are_counted_not_applied(conn: psycopg.Connection) -> None:
+def test_null_keys_are_counted_not_applied(conn: psycopg.Connection, sort: bool) -> None:
     preparer = stage(conn, [cdf([(None, "x", "insert", 1), (1, "a", "insert", 1)])])
     assert preparer.null_key_rows == 1
-    change_stage.net_last_changes(conn, key=("id",), columns=preparer.columns[:2], table="t")
-    assert net_table(conn) == ({1: "a"}, [])
+    assert netted(conn, net_last(conn, preparer, sort)) == ({1: "a"}, [])
 
 
-def test_null_key_rows_count_what_arrives_minus_what_leaves(conn: psycopg.Connection) -> None:
+def test_null_key_rows_count_what_arrives_minus_what_leaves(
+    conn: psycopg.Connection, sort: bool
+) -> None:
     rows: list[Row] = [
         (None, "x", "insert", 1),
         (None, "y", "insert", 1),
@@ -121,13 +149,12 @@ def test_null_key_rows_count_what_arrives_minus_what_leaves(conn: psycopg.Connec
     # Split over two feed batches: the count adds up across batches.
     preparer = stage(conn, [cdf(rows[:3]), cdf(rows[3:])])
     assert preparer.null_key_rows == 0
-    change_stage.net_last_changes(conn, key=("id",), columns=preparer.columns[:2], table="t")
-    assert net_table(conn) == ({4: "z"}, [])
+    assert netted(conn, net_last(conn, preparer, sort)) == ({4: "z"}, [])
 
 
-def timeseries(conn: psycopg.Connection, rows: list[Row]) -> ChangePreparer:
+def timeseries(conn: psycopg.Connection, rows: list[Row]) -> change_stage.Net:
     preparer = stage(conn, [cdf(rows, pa.int64(), "at")], keep_keys=True)
-    change_stage.net_latest_rows(
+    return change_stage.net_latest_rows(
         conn,
         key=("id",),
         columns=preparer.columns[:2],
@@ -135,12 +162,11 @@ def timeseries(conn: psycopg.Connection, rows: list[Row]) -> ChangePreparer:
         table="t",
         resolved=False,
     )
-    return preparer
 
 
 def test_timeseries_key_resolves_duplicates_within_a_version(conn: psycopg.Connection) -> None:
-    timeseries(conn, [(1, 5, "insert", 2), (1, 9, "insert", 2), (1, 7, "insert", 2)])
-    assert net_table(conn, "at") == ({1: 9}, [])
+    net = timeseries(conn, [(1, 5, "insert", 2), (1, 9, "insert", 2), (1, 7, "insert", 2)])
+    assert netted(conn, net, "at") == ({1: 9}, [])
 
 
 def test_timeseries_ties_on_the_latest_value_are_a_duplicate_key(conn: psycopg.Connection) -> None:
@@ -159,7 +185,7 @@ def test_timeseries_keeps_the_touched_keys_when_rows_leave(conn: psycopg.Connect
     assert touched is not None and sorted(touched.column("id").to_pylist()) == [1, 2]
 
 
-def test_a_key_only_left_as_a_preimage_is_deleted(conn: psycopg.Connection) -> None:
+def test_a_key_only_left_as_a_preimage_is_deleted(conn: psycopg.Connection, sort: bool) -> None:
     # UPDATE SET id = id + 1000 WHERE id < 3: the old keys appear only as preimages.
     rows = [
         (1, "a", "update_preimage", 2),
@@ -167,24 +193,37 @@ def test_a_key_only_left_as_a_preimage_is_deleted(conn: psycopg.Connection) -> N
         (2, "b", "update_preimage", 2),
         (1002, "b", "update_postimage", 2),
     ]
-    assert reduce(conn, rows) == ({1001: "a", 1002: "b"}, [1, 2])
+    assert reduce(conn, rows, sort) == ({1001: "a", 1002: "b"}, [1, 2])
 
 
-def test_a_key_moved_away_and_back_lands_at_its_last_place(conn: psycopg.Connection) -> None:
+def test_a_key_moved_away_and_back_lands_at_its_last_place(
+    conn: psycopg.Connection, sort: bool
+) -> None:
     rows = [
         (1001, "a", "update_postimage", 3),
         (1001, "a", "update_preimage", 4),
         (1, "a", "update_preimage", 3),
         (1, "a", "update_postimage", 4),
     ]
-    assert reduce(conn, rows) == ({1: "a"}, [1001])
+    assert reduce(conn, rows, sort) == ({1: "a"}, [1001])
 
 
-def test_keys_swapped_in_one_version_both_stay(conn: psycopg.Connection) -> None:
+def test_keys_swapped_in_one_version_both_stay(conn: psycopg.Connection, sort: bool) -> None:
     rows = [
         (1, "one", "update_preimage", 2),
         (2, "two", "update_preimage", 2),
         (2, "one", "update_postimage", 2),
         (1, "two", "update_postimage", 2),
     ]
-    assert reduce(conn, rows) == ({1: "two", 2: "one"}, [])
+    assert reduce(conn, rows, sort) == ({1: "two", 2: "one"}, [])
+
+
+def test_a_range_whose_keys_arrive_once_is_netted_without_the_sort(
+    conn: psycopg.Connection,
+) -> None:
+    rows = [(1, "a", "insert", 2), (2, "b", "update_postimage", 2), (3, None, "delete", 3)]
+    net = net_last(conn, stage(conn, [cdf(rows)]), sort=False)
+    assert "_retl_net" not in net.upserts.as_string(conn)
+    assert netted(conn, net) == ({1: "a", 2: "b"}, [3])
+    exists = conn.execute("SELECT to_regclass('pg_temp._retl_net')").fetchone()
+    assert exists == (None,)

@@ -17,19 +17,11 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
+from reverse_etl_assets.delta.cdf_columns import CHANGE_TYPE, COMMIT_VERSION
 from reverse_etl_assets.delta.log import ChangeFile, RangeUnavailable, open_log, read_commits
+from reverse_etl_assets.delta.preimages import PairedPreimages
 from reverse_etl_assets.delta.reader import BATCH_ROWS
 
-CHANGE_TYPE = "_change_type"
-COMMIT_VERSION = "_commit_version"
-COMMIT_TIMESTAMP = "_commit_timestamp"
-# The columns delta-rs adds to every CDF row; a source column may not use these names.
-CDF_COLUMNS = frozenset({CHANGE_TYPE, COMMIT_VERSION, COMMIT_TIMESTAMP})
-# The values of CHANGE_TYPE.
-INSERT = "insert"
-DELETE = "delete"
-UPDATE_PREIMAGE = "update_preimage"
-UPDATE_POSTIMAGE = "update_postimage"
 _COLUMN_MAPPING = "delta.columnMapping.mode"
 
 
@@ -41,10 +33,12 @@ def stream_changes(
     start: int,
     end: int,
     schema: pa.Schema,
+    key: tuple[str, ...] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Every CDF row of versions `start..end`, version by version: the columns of `schema`,
-    typed as there (a column a file lacks is NULL), then CHANGE_TYPE and COMMIT_VERSION. A read
-    failure, raised while iterating, is RangeUnavailable."""
+    typed as there (a column a file lacks is NULL), then CHANGE_TYPE and COMMIT_VERSION. With
+    `key`, the update preimages a postimage of the same key pairs are left out (see
+    `delta.preimages`). A read failure, raised while iterating, is RangeUnavailable."""
     names = [*schema.names, CHANGE_TYPE, COMMIT_VERSION]
     commits = read_commits(uri, storage_options=storage_options, start=start, end=end)
     mapping = (table.metadata().configuration or {}).get(_COLUMN_MAPPING, "none")
@@ -60,11 +54,15 @@ def stream_changes(
                     parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
                     present = set(parquet.schema_arrow.names)
                     wanted = [n for n in (*schema.names, CHANGE_TYPE) if n in present]
+                    paired = None
+                    if key is not None and change.change_type is None:
+                        paired = PairedPreimages.of_file(parquet, key, BATCH_ROWS)
                     for batch in parquet.iter_batches(
                         batch_size=BATCH_ROWS, columns=wanted, use_threads=False
                     ):
                         if batch.num_rows:
-                            yield _conform(batch, schema, names, change, commit.version)
+                            rows = _conform(batch, schema, names, change, commit.version)
+                            yield rows if paired is None else paired.drop(rows)
                         # Hand freed pages back each batch (as the snapshot reader does).
                         pool.release_unused()
             except (OSError, pa.ArrowException) as exc:

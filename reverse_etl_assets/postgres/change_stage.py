@@ -1,44 +1,121 @@
 """Net a staged Change Data Feed range to one change per key, in SQL, inside the caller's
 transaction (DESIGN §5 rule 3): the range never has to fit in the pipeline's memory.
 
-The stage holds the feed's rows (leaving rows with their key only) and its `_change_type` and
-`_commit_version`. The net table holds, per key, the row to upsert or the key to delete
-(`_retl_arriving` false). Without a `timeseries_key` the last change per key wins: the highest
-version, and inside a version the arriving row (deletes and preimages come first); two arriving
-rows for one key in one version are a duplicate key. With a `timeseries_key` the synced table
-holds the latest remaining row per key: a range that only adds rows keeps the latest new row
-per key (it replaces the stored row only when newer); a range that removes rows settles every
-touched key from the source's rows at the range's last version, staged by the caller.
+The stage holds the feed's rows (leaving rows with their key only), each marked arriving or not
+(`_retl_arriving`) with its `_commit_version`. The result is a `Net`: the rows to upsert and the
+keys to delete. Without a `timeseries_key` the last change per key wins: the highest version, and
+inside a version the arriving row (deletes and preimages come first); two arriving rows for one
+key in one version are a duplicate key. With a `timeseries_key` the synced table holds the latest
+remaining row per key: a range that only adds rows keeps the latest new row per key (it replaces
+the stored row only when newer); a range that removes rows settles every touched key from the
+source's rows at the range's last version, staged by the caller.
+
+Most ranges bring each key at most one arriving row: one pass of aggregation over the keys then
+finds the keys to delete, and the arriving rows are upserted from the stage as they are. Only a
+range with keys arriving more than once is sorted whole into a net table of one row per key.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from reverse_etl_assets.delta.change_feed import (
-    CHANGE_TYPE,
-    COMMIT_VERSION,
-    INSERT,
-    UPDATE_POSTIMAGE,
-)
+from reverse_etl_assets.delta.cdf_columns import COMMIT_VERSION
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
-from reverse_etl_assets.transform.changes import INVALID
+from reverse_etl_assets.transform.changes import ARRIVING, INVALID
 
 STAGE = "_retl_changes"
 REMAINING = "_retl_remaining"
 NET = "_retl_net"
-ARRIVING = "_retl_arriving"
+_SETTLED = "_retl_settled"
 _NEWEST = "_retl_newest"
 _DUPLICATES = "_retl_duplicates"
 
 
-def _is_arriving() -> sql.Composed:
-    return sql.SQL("{} IN ({}, {})").format(
-        sql.Identifier(CHANGE_TYPE), sql.Literal(INSERT), sql.Literal(UPDATE_POSTIMAGE)
+@dataclass(frozen=True)
+class Net:
+    """The netted range: how many keys it changes, the rows to upsert and the keys to delete
+    (two relations, for `apply.apply_net`)."""
+
+    changes: int
+    upserts: sql.Composable
+    deletes: sql.Composable
+
+
+def _from_net(changes: int) -> Net:
+    """The net table's rows: arriving ones are upserted, the others' keys deleted."""
+    return Net(
+        changes=changes,
+        upserts=sql.SQL("(SELECT * FROM {} WHERE {}) AS n").format(
+            sql.Identifier(NET), sql.Identifier(ARRIVING)
+        ),
+        deletes=sql.SQL("(SELECT * FROM {} WHERE NOT {}) AS n").format(
+            sql.Identifier(NET), sql.Identifier(ARRIVING)
+        ),
+    )
+
+
+def settled_keys_statement(key: tuple[str, ...]) -> sql.Composed:
+    """CREATE the table of keys the arriving rows alone do not settle, in one aggregation: keys
+    whose last change leaves the table (`leaves`: delete them) and keys that arrive more than
+    once (the range then needs the sort)."""
+    return sql.SQL(
+        "CREATE TEMP TABLE {settled} ON COMMIT DROP AS "
+        "SELECT {key}, arrivals > 1 AS repeated, arrived IS NULL AS only_leaving FROM ("
+        "SELECT {key}, count(*) FILTER (WHERE {arriving}) AS arrivals, "
+        "max({version}) FILTER (WHERE {arriving}) AS arrived, "
+        "max({version}) FILTER (WHERE NOT {arriving}) AS left_at "
+        "FROM {stage} GROUP BY {key}) AS k "
+        "WHERE arrivals > 1 OR arrived IS NULL OR left_at > arrived"
+    ).format(
+        settled=sql.Identifier(_SETTLED),
+        key=_names(key),
+        arriving=sql.Identifier(ARRIVING),
+        version=sql.Identifier(COMMIT_VERSION),
+        stage=sql.Identifier(STAGE),
+    )
+
+
+def _arriving_unless_settled(key: tuple[str, ...]) -> sql.Composed:
+    """The stage's arriving rows whose key is not to be deleted, in key order: the upsert then
+    walks the primary key in order (measured: a quarter faster than in the feed's order)."""
+    return sql.SQL(
+        "(SELECT * FROM {stage} AS s WHERE s.{arriving} "
+        "AND NOT EXISTS (SELECT 1 FROM {settled} AS d WHERE {match}) ORDER BY {key}) AS s"
+    ).format(
+        stage=sql.Identifier(STAGE),
+        arriving=sql.Identifier(ARRIVING),
+        settled=sql.Identifier(_SETTLED),
+        match=_match(key, "d", "s"),
+        key=_names(key, "s"),
+    )
+
+
+def _net_without_sort(
+    conn: psycopg.Connection, key: tuple[str, ...], arriving_rows: int
+) -> Net | None:
+    """The net range when no key arrives twice (no duplicate is then possible, and the
+    arriving rows are the upserts); None when one does."""
+    conn.execute(settled_keys_statement(key))
+    counts = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FILTER (WHERE repeated), count(*) FILTER (WHERE only_leaving) FROM {}"
+        ).format(sql.Identifier(_SETTLED))
+    ).fetchone()
+    assert counts is not None
+    repeated, only_leaving = counts
+    if repeated:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(_SETTLED)))
+        return None
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(_SETTLED)))
+    return Net(
+        changes=arriving_rows + only_leaving,
+        upserts=_arriving_unless_settled(key),
+        deletes=sql.Identifier(_SETTLED),
     )
 
 
@@ -58,14 +135,13 @@ def last_change_statement(key: tuple[str, ...], columns: tuple[str, ...]) -> sql
     """CREATE the net table: the last change per key (by version; arriving after leaving)."""
     return sql.SQL(
         "CREATE TEMP TABLE {net} ON COMMIT DROP AS "
-        "SELECT DISTINCT ON ({key}) {cols}, {arriving} AS {arriving_name} FROM {stage} "
+        "SELECT DISTINCT ON ({key}) {cols}, {arriving} FROM {stage} "
         "ORDER BY {key}, {version} DESC, {arriving} DESC"
     ).format(
         net=sql.Identifier(NET),
         key=_names(key),
         cols=_names(columns),
-        arriving=_is_arriving(),
-        arriving_name=sql.Identifier(ARRIVING),
+        arriving=sql.Identifier(ARRIVING),
         stage=sql.Identifier(STAGE),
         version=sql.Identifier(COMMIT_VERSION),
     )
@@ -87,7 +163,7 @@ def duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
         key=_names(key),
         version=sql.Identifier(COMMIT_VERSION),
         stage=sql.Identifier(STAGE),
-        arriving=_is_arriving(),
+        arriving=sql.Identifier(ARRIVING),
     )
 
 
@@ -190,11 +266,19 @@ def net_last_changes(
     key: tuple[str, ...],
     columns: tuple[PgColumn, ...],
     table: str,
-) -> int:
-    """Build the net table from the stage (no `timeseries_key`); return the keys it holds.
+    arriving_rows: int,
+    sort: bool = False,
+) -> Net:
+    """Net the stage (no `timeseries_key`): the last change per key.
 
+    `arriving_rows`: how many arriving rows were staged. `sort`: build the net table of one row
+    per key even when no key arrives twice (a caller that edits it, or a test of both ways).
     Two arriving rows for one key in its last version of the range: a DataError (nothing was
     changed)."""
+    if not sort:
+        net = _net_without_sort(conn, key, arriving_rows)
+        if net is not None:
+            return net
     duplicated = []
     if conn.execute(duplicates_statement(key)).rowcount:
         duplicated = conn.execute(final_duplicates_statement(key)).fetchall()
@@ -212,13 +296,14 @@ def net_last_changes(
             f"{samples}; declare a `timeseries_key` to keep the latest row per key, or fix the "
             "source. Nothing was changed in Postgres"
         )
-    return conn.execute(last_change_statement(key, _column_names(columns))).rowcount
+    return _from_net(conn.execute(last_change_statement(key, _column_names(columns))).rowcount)
 
 
 def refuse_invalid_characters(
     conn: psycopg.Connection, *, key: tuple[str, ...], target: sql.Composable, table: str
 ) -> None:
     """Under `on_invalid_characters: fail`: a DataError when a row to write held a NUL byte.
+    Needs the net table (`net_last_changes(..., sort=True)` or `net_latest_rows`).
 
     The delete of a NUL-byte key that never landed is dropped (a source that added such a row and
     removed it again must not block every later sync); one whose stripped key is in Postgres
@@ -243,8 +328,8 @@ def net_latest_rows(
     timeseries_key: str,
     table: str,
     resolved: bool,
-) -> int:
-    """Build the net table of a timeseries table; return the keys it holds. `resolved`: the
+) -> Net:
+    """Build the net table of a timeseries table. `resolved`: the
     range removed rows and the caller staged the touched keys' remaining rows in REMAINING
     (their latest row is upserted, a key with none left is deleted); else the latest new row per
     key of the stage."""
@@ -261,7 +346,7 @@ def net_latest_rows(
         )
     if resolved:
         count += conn.execute(gone_keys_statement(key)).rowcount
-    return count
+    return _from_net(count)
 
 
 def _column_names(columns: tuple[PgColumn, ...]) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """Change Data Feed batches -> the rows staged in Postgres, one batch at a time (bounded memory).
 
 Rows that leave the table (deletes and update preimages) matter only by their key, so they are
-staged with their key alone; rows that arrive (inserts and update postimages) whole. Rows with a
+staged with their key alone; rows that arrive (inserts and update postimages) whole, each marked
+arriving or not. Rows with a
 NULL key are never synced: they are dropped here and counted (rows arriving minus rows leaving).
 Which change per key wins is decided in Postgres over the whole staged range
 (`postgres.change_stage`), so NUL bytes are judged there too: under `on_invalid_characters: fail`
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reverse_etl_assets.delta.change_feed import (
+from reverse_etl_assets.delta.cdf_columns import (
     CHANGE_TYPE,
     COMMIT_VERSION,
     DELETE,
@@ -31,15 +32,16 @@ from reverse_etl_assets.transform.cleaning import (
 
 # Change types of rows that leave the table; the others arrive.
 LEAVING = (DELETE, UPDATE_PREIMAGE)
-# The feed's own columns, staged after the source's (no source column may take these names).
-CHANGE_COLUMNS = (
-    PgColumn(name=CHANGE_TYPE, ddl="text", wire="text"),
-    PgColumn(name=COMMIT_VERSION, ddl="bigint", wire="plain"),
-)
-# Staged last: the column whose NUL byte was stripped from the row (NULL: none).
 # Columns and tables of our own while an increment lands all start with this prefix, which a
 # source column may therefore not use (preflight refuses it).
 RESERVED_PREFIX = "_retl_"
+# Staged after the source's columns: whether the row arrives (else it leaves), and its version.
+ARRIVING = RESERVED_PREFIX + "arriving"
+CHANGE_COLUMNS = (
+    PgColumn(name=ARRIVING, ddl="boolean", wire="plain"),
+    PgColumn(name=COMMIT_VERSION, ddl="bigint", wire="plain"),
+)
+# Staged last: the column whose NUL byte was stripped from the row (NULL: none).
 INVALID = RESERVED_PREFIX + "invalid"
 INVALID_COLUMN = PgColumn(name=INVALID, ddl="text", wire="text")
 
@@ -70,7 +72,8 @@ class ChangePreparer:
         self.touched: list[pa.RecordBatch] = []
         self.null_key_rows = 0  # rows arriving minus rows leaving, among NULL-key rows
         self.leaving_rows = 0
-        self.staged_rows = 0
+        self.arriving_rows = 0
+        self.marked_rows = 0  # rows staged with a NUL byte marker (only under `fail`)
 
     def prepare(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         """The wire batches (arriving rows, then leaving rows) of one feed batch."""
@@ -85,7 +88,8 @@ class ChangePreparer:
             self.touched.append(batch.select(list(self.key)))
         gone = _count(leaving)
         self.leaving_rows += gone
-        self.staged_rows += batch.num_rows
+        self.arriving_rows += batch.num_rows - gone
+        batch = _with_arriving(batch, leaving)
         feed_columns = self.columns[:-1]
         if gone < batch.num_rows:
             arriving = batch.filter(pc.invert(leaving)) if gone else batch
@@ -114,6 +118,7 @@ class ChangePreparer:
             )
             if self.policy != "fail":
                 marker = pa.nulls(len(marker), pa.string())
+            self.marked_rows += len(marker) - marker.null_count
         return pa.RecordBatch.from_arrays(
             [*wire.columns, marker], names=[*wire.schema.names, INVALID]
         )
@@ -123,9 +128,15 @@ class ChangePreparer:
         return pa.Table.from_batches(self.touched) if self.touched else None
 
 
+def _with_arriving(batch: pa.RecordBatch, leaving: pa.Array) -> pa.RecordBatch:
+    """The feed batch with its CHANGE_TYPE column replaced by ARRIVING."""
+    index = batch.schema.get_field_index(CHANGE_TYPE)
+    return batch.set_column(index, ARRIVING, pc.invert(leaving))
+
+
 def _keys_only(batch: pa.RecordBatch, key: tuple[str, ...]) -> pa.RecordBatch:
     """The batch with every column but the key and the feed's own ones NULL."""
-    kept = (*key, CHANGE_TYPE, COMMIT_VERSION)
+    kept = (*key, ARRIVING, COMMIT_VERSION)
     arrays = [
         column if name in kept else pa.nulls(batch.num_rows, column.type)
         for name, column in zip(batch.schema.names, batch.columns, strict=True)

@@ -174,6 +174,8 @@ def _land_changes(
         start=stored.last_synced_version + 1,
         end=source.version,
         schema=source.schema,
+        # A timeseries table settles every key a row left from (preimages included) instead.
+        key=key if table.timeseries_key is None else None,
     )
     schema, name = table.pg_schema, table.pg_table
     with connect(dsn) as conn, conn.transaction():
@@ -183,8 +185,9 @@ def _land_changes(
         for setting, value in NETTING_SETTINGS.items():
             conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(setting), sql.Literal(value)))
         apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(feed))
-        changes = _net(conn, table, source, columns, preparer)
-        if table.on_invalid_characters == "fail":
+        net = _net(conn, table, source, columns, preparer)
+        changes = net.changes
+        if table.on_invalid_characters == "fail" and preparer.marked_rows:
             change_stage.refuse_invalid_characters(
                 conn, key=key, target=sql.Identifier(schema, name), table=table.name
             )
@@ -203,8 +206,8 @@ def _land_changes(
                 table=name,
                 columns=columns,
                 key=key,
-                net=change_stage.NET,
-                arriving=change_stage.ARRIVING,
+                upserts=net.upserts,
+                deletes=net.deletes,
                 # Only appends compare timestamps; resolved keys are the source's latest row as is.
                 timeseries_key=table.timeseries_key if preparer.leaving_rows == 0 else None,
             )
@@ -231,11 +234,19 @@ def _net(
     source: SourceSnapshot,
     columns: tuple[PgColumn, ...],
     preparer: ChangePreparer,
-) -> int:
-    """Build the net table from the stage; return the keys it changes."""
+) -> change_stage.Net:
+    """Net the stage: the rows to upsert and the keys to delete."""
     key = table.primary_key
     if table.timeseries_key is None:
-        return change_stage.net_last_changes(conn, key=key, columns=columns, table=table.name)
+        return change_stage.net_last_changes(
+            conn,
+            key=key,
+            columns=columns,
+            table=table.name,
+            arriving_rows=preparer.arriving_rows,
+            # NUL bytes to judge: the rule needs the net table (they are rare).
+            sort=table.on_invalid_characters == "fail" and preparer.marked_rows > 0,
+        )
     resolved = preparer.leaving_rows > 0
     touched = preparer.touched_keys()
     if resolved and touched is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psycopg
 
-from reverse_etl_assets.delta.change_feed import CDF_COLUMNS
+from reverse_etl_assets.delta.cdf_columns import CDF_COLUMNS
 from reverse_etl_assets.delta.reader import SourceSnapshot
 from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.postgres import catalog
