@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from reverse_etl_assets.delta import cdf_columns, change_feed
+from reverse_etl_assets.delta import cdf_columns, change_feed, preimages
 from reverse_etl_assets.delta.log import RangeUnavailable
 from reverse_etl_assets.delta.reader import open_source
 
@@ -191,3 +191,12 @@ def test_a_partition_column_key_keeps_every_preimage(tmp_path: Path) -> None:
     DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 2")
     rows = keyed_feed(src, ("part",))
     assert [r[-2] for r in rows].count("update_preimage") == 2
+
+
+def test_a_file_too_large_to_pair_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = cdf_table(tmp_path, table(list(range(20)), "a", "v"))
+    DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 5")
+    monkeypatch.setattr(preimages, "MAX_ROWS", 9)
+    assert [r[-2] for r in keyed_feed(src, ("id",))].count("update_preimage") == 5

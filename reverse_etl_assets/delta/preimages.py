@@ -5,19 +5,23 @@ postimage (arriving), in the same version. When the postimage has the same key (
 not change the key) the arriving row wins inside its version, so the preimage changes nothing:
 dropping it before staging saves its trip to Postgres (half the rows of an update-heavy range).
 A preimage whose key no postimage of its file carries (the update moved the row to another key)
-is kept: it is what deletes the old key. Only the file's postimage keys are held, never the range's.
+is kept: it is what deletes the old key. Only one file's keys are held, never the range's, and
+only for files of at most MAX_ROWS rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reverse_etl_assets.delta.cdf_columns import CHANGE_TYPE, UPDATE_POSTIMAGE, UPDATE_PREIMAGE
 
 _ROW = "__row"
+# Files of more rows are staged whole: pairing holds the file's keys and change types (about 30
+# bytes a row for a bigint key), which must stay small beside the pipeline's few batches.
+MAX_ROWS = 1_000_000
 
 
 class PairedPreimages:
@@ -30,34 +34,31 @@ class PairedPreimages:
         self.offset = 0
 
     @classmethod
-    def of_file(
-        cls, parquet: pq.ParquetFile, key: tuple[str, ...], batch_size: int
-    ) -> PairedPreimages | None:
-        """None: nothing to drop, or a key column is not in the file (a partition column) or
-        of a type compared nowhere here."""
-        if not all(k in parquet.schema_arrow.names for k in key):
+    def of_file(cls, parquet: pq.ParquetFile, key: tuple[str, ...]) -> PairedPreimages | None:
+        """None: nothing to drop, the file is too large to pair within MAX_ROWS, or a key column
+        is not in the file (a partition column) or of a type that cannot be joined here."""
+        rows = parquet.metadata.num_rows
+        if rows > MAX_ROWS or not all(k in parquet.schema_arrow.names for k in key):
             return None
         try:
-            frame = pl.from_arrow(
-                parquet.iter_batches(
-                    batch_size=batch_size, columns=[*key, CHANGE_TYPE], use_threads=False
-                )
+            columns = parquet.read(columns=[*key, CHANGE_TYPE], use_threads=False)
+            kind = columns.column(CHANGE_TYPE).cast(pa.string())
+            keys = pa.table(
+                {**{k: _joinable(columns.column(k)) for k in key}, _ROW: np.arange(rows)}
             )
-            assert isinstance(frame, pl.DataFrame)
-            rows = frame.with_row_index(_ROW)
-            kind = pl.col(CHANGE_TYPE)
-            paired = (
-                rows.filter(kind == UPDATE_PREIMAGE)
-                .join(rows.filter(kind == UPDATE_POSTIMAGE), on=list(key), how="semi")
-                .get_column(_ROW)
-                .to_numpy()
+            del columns
+            preimages = keys.filter(pc.equal(kind, UPDATE_PREIMAGE))
+            postimages = keys.filter(pc.equal(kind, UPDATE_POSTIMAGE)).drop_columns([_ROW])
+            del keys, kind
+            paired = preimages.join(
+                postimages, keys=list(key), join_type="left semi", use_threads=False
             )
-        except (pl.exceptions.PolarsError, pa.ArrowException, TypeError):
+        except (pa.ArrowException, TypeError):
             return None
-        if len(paired) == 0:
+        if paired.num_rows == 0:
             return None
-        keep = np.ones(frame.height, dtype=bool)
-        keep[paired] = False
+        keep = np.ones(rows, dtype=bool)
+        keep[paired.column(_ROW).to_numpy()] = False
         return cls(keep)
 
     def drop(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -66,3 +67,13 @@ class PairedPreimages:
         keep = self.keep[self.offset : self.offset + batch.num_rows]
         self.offset += batch.num_rows
         return batch if keep.all() else batch.filter(pa.array(keep))
+
+
+def _joinable(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column in a type the join takes: string and binary views (as delta-rs writes text)
+    as plain strings and binaries."""
+    if pa.types.is_string_view(column.type):
+        return column.cast(pa.large_string())
+    if pa.types.is_binary_view(column.type):
+        return column.cast(pa.large_binary())
+    return column
