@@ -45,10 +45,14 @@ def encode_rows(batch: pa.RecordBatch, columns: tuple[PgColumn, ...]) -> bytes:
     """
     encoder = new_encoder(batch.schema, columns)
     header = encoder.write_header()
-    body = encoder.write_batch(batch) + encoder.finish()
-    if header != HEADER or not body.endswith(TRAILER):
+    body = encoder.write_batch(batch)
+    tail = encoder.finish()  # what the encoder still buffered, then the trailer
+    if header != HEADER or not tail.endswith(TRAILER):
         raise RuntimeError("pgpq produced an unexpected binary COPY framing")
-    return body[: -len(TRAILER)]
+    if len(tail) == len(TRAILER):
+        return body  # a large batch: its rows as written, not copied (a copy costs a fifth)
+    rest = tail[: -len(TRAILER)]
+    return body + rest if body else rest
 
 
 def copy_rows(
