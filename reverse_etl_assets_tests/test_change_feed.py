@@ -198,5 +198,5 @@ def test_a_file_too_large_to_pair_is_read_whole(
 ) -> None:
     src = cdf_table(tmp_path, table(list(range(20)), "a", "v"))
     DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 5")
-    monkeypatch.setattr(preimages, "MAX_ROWS", 9)
+    monkeypatch.setattr(preimages, "BUDGET_BYTES", 100)
     assert [r[-2] for r in keyed_feed(src, ("id",))].count("update_preimage") == 5

@@ -56,7 +56,7 @@ def stream_changes(
                     wanted = [n for n in (*schema.names, CHANGE_TYPE) if n in present]
                     paired = None
                     if key is not None and change.change_type is None:
-                        paired = PairedPreimages.of_file(parquet, key)
+                        paired = PairedPreimages.of_file(parquet, key, BATCH_ROWS)
                     for batch in parquet.iter_batches(
                         batch_size=BATCH_ROWS, columns=wanted, use_threads=False
                     ):

@@ -6,7 +6,7 @@ not change the key) the arriving row wins inside its version, so the preimage ch
 dropping it before staging saves its trip to Postgres (half the rows of an update-heavy range).
 A preimage whose key no postimage of its file carries (the update moved the row to another key)
 is kept: it is what deletes the old key. Only one file's keys are held, never the range's, and
-only for files of at most MAX_ROWS rows.
+at most BUDGET_BYTES of them.
 """
 
 from __future__ import annotations
@@ -19,41 +19,53 @@ import pyarrow.parquet as pq
 from reverse_etl_assets.delta.cdf_columns import CHANGE_TYPE, UPDATE_POSTIMAGE, UPDATE_PREIMAGE
 
 _ROW = "__row"
-# Files of more rows are staged whole: pairing holds the file's keys and change types (about 30
-# bytes a row for a bigint key), which must stay small beside the pipeline's few batches.
-MAX_ROWS = 1_000_000
+# What pairing may hold of one file: its preimages' keys and row numbers and its postimages' keys
+# (16 bytes and 8 a row for a bigint key: a million-row update's file). A file needing more is
+# staged whole; the join's own table adds about as much again while it runs.
+BUDGET_BYTES = 16 * 1024 * 1024
 
 
 class PairedPreimages:
     """Which rows of one change data file to keep: all but the preimages a postimage of the same
     key pairs. Found in one pass over the file's key and change type columns (one join per
-    file); `drop` then applies it to the file's batches in order."""
+    file; on an object store, a second read of those columns); `drop` then applies it to the
+    file's batches in order."""
 
     def __init__(self, keep: np.ndarray) -> None:
         self.keep = keep
         self.offset = 0
 
     @classmethod
-    def of_file(cls, parquet: pq.ParquetFile, key: tuple[str, ...]) -> PairedPreimages | None:
-        """None: nothing to drop, the file is too large to pair within MAX_ROWS, or a key column
-        is not in the file (a partition column) or of a type that cannot be joined here."""
-        rows = parquet.metadata.num_rows
-        if rows > MAX_ROWS or not all(k in parquet.schema_arrow.names for k in key):
+    def of_file(
+        cls, parquet: pq.ParquetFile, key: tuple[str, ...], batch_rows: int
+    ) -> PairedPreimages | None:
+        """None: nothing to drop, the file's keys exceed BUDGET_BYTES, or a key column is not
+        in the file (a partition column) or of a type that cannot be joined here."""
+        if not all(k in parquet.schema_arrow.names for k in key):
             return None
+        preimages: list[pa.Table] = []
+        postimages: list[pa.Table] = []
+        held = rows = 0
         try:
-            columns = parquet.read(columns=[*key, CHANGE_TYPE], use_threads=False)
-            kind = columns.column(CHANGE_TYPE).cast(pa.string())
-            keys = pa.table(
-                {**{k: _joinable(columns.column(k)) for k in key}, _ROW: np.arange(rows)}
+            for batch in parquet.iter_batches(
+                batch_size=batch_rows, columns=[*key, CHANGE_TYPE], use_threads=False
+            ):
+                kind = batch.column(CHANGE_TYPE).cast(pa.string())
+                keys = pa.table({k: _joinable(batch.column(k)) for k in key})
+                numbered = keys.append_column(_ROW, pa.array(np.arange(rows, rows + len(kind))))
+                rows += len(kind)
+                preimages.append(numbered.filter(pc.equal(kind, UPDATE_PREIMAGE)))
+                postimages.append(keys.filter(pc.equal(kind, UPDATE_POSTIMAGE)))
+                held += preimages[-1].nbytes + postimages[-1].nbytes
+                if held > BUDGET_BYTES:
+                    return None
+            paired = pa.concat_tables(preimages).join(
+                pa.concat_tables(postimages),
+                keys=list(key),
+                join_type="left semi",
+                use_threads=False,
             )
-            del columns
-            preimages = keys.filter(pc.equal(kind, UPDATE_PREIMAGE))
-            postimages = keys.filter(pc.equal(kind, UPDATE_POSTIMAGE)).drop_columns([_ROW])
-            del keys, kind
-            paired = preimages.join(
-                postimages, keys=list(key), join_type="left semi", use_threads=False
-            )
-        except (pa.ArrowException, TypeError):
+        except (pa.ArrowException, TypeError, ValueError):
             return None
         if paired.num_rows == 0:
             return None
@@ -69,7 +81,7 @@ class PairedPreimages:
         return batch if keep.all() else batch.filter(pa.array(keep))
 
 
-def _joinable(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _joinable(column: pa.Array) -> pa.Array:
     """The column in a type the join takes: string and binary views (as delta-rs writes text)
     as plain strings and binaries."""
     if pa.types.is_string_view(column.type):

@@ -101,10 +101,8 @@ def stage_rows(
                 staged += batch.num_rows
                 yield binary_copy.encode_rows(batch, columns)
 
-    with conn.cursor() as cur:
-        binary_copy.copy_rows(
-            cur, schema="pg_temp", table=name, columns=columns, chunks=prefetched(chunks())
-        )
+    with conn.cursor() as cur, prefetched(chunks()) as encoded:
+        binary_copy.copy_rows(cur, schema="pg_temp", table=name, columns=columns, chunks=encoded)
     return staged
 
 

@@ -1,8 +1,8 @@
 """Produce the next items of a stream in a background thread while the caller consumes this one.
 
 Reading and encoding (Parquet, Arrow compute and the COPY encoder release the GIL for most of
-their work) then overlap with sending to Postgres instead of alternating with it, and memory holds
-at most `depth` items ahead. An error the producer raises is raised to the consumer, in order.
+their work) then overlap with sending to Postgres instead of alternating with it. An error the
+producer raises is raised to the consumer, in order.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -24,11 +25,13 @@ class _End:
         self.error = error
 
 
-def prefetched(items: Iterable[T], *, depth: int = 2) -> Iterator[T]:
-    """The items of `items`, produced by a worker thread up to `depth` ahead of the consumer.
+@contextmanager
+def prefetched(items: Iterable[T], *, depth: int = 2) -> Iterator[Iterator[T]]:
+    """The items of `items`, produced by a worker thread ahead of the consumer: at most `depth`
+    queued, one more waiting to be queued, beside the one being consumed.
 
-    When the consumer stops early (an error while sending, say), the worker stops after the item
-    it is producing; nothing is left running."""
+    Leaving the block, however (the stream consumed, an error while sending, Ctrl-C), stops
+    the worker after the item it is producing and waits for it: nothing is left running."""
     ready: queue.Queue[T | _End] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -51,9 +54,7 @@ def prefetched(items: Iterable[T], *, depth: int = 2) -> Iterator[T]:
             return
         hand_over(_End())
 
-    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
-    worker.start()
-    try:
+    def consume() -> Iterator[T]:
         while True:
             item = ready.get()
             if isinstance(item, _End):
@@ -61,6 +62,11 @@ def prefetched(items: Iterable[T], *, depth: int = 2) -> Iterator[T]:
                     raise item.error
                 return
             yield item
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        yield consume()
     finally:
         stop.set()
         worker.join()
