@@ -1,8 +1,9 @@
 """Prove a synced table equals its Delta source at the checkpointed version.
 
-Each side is hashed where it lives: Postgres sums `hash_record_extended` over its rows in one scan,
-while the Delta rows, prepared as a sync prepares them, are streamed and hashed with the same
-functions here; both sides only sum row hashes. Only when the sums differ are both summed again
+Each side is hashed where it lives: Postgres sums a hash of each row (`fingerprint.row_hash`, its
+columns' own hash functions combined) in one scan, while the Delta rows, prepared as a sync
+prepares them, are streamed and hashed with the same functions here; both sides only sum row
+hashes. Only when the sums differ are both summed again
 per key bucket, and the rows of a few differing buckets fetched from both, to name sample keys
 and what differs about them.
 """
@@ -175,9 +176,9 @@ def _json_hasher(dsn: str, columns: tuple[PgColumn, ...]) -> Iterator[pg_hash.Js
     lock = threading.Lock()
     with connect(dsn, autocommit=True) as conn:
 
-        def hash_json(texts: pa.Array) -> np.ndarray:
+        def hash_json(texts: pa.Array, seed: int) -> np.ndarray:
             with lock:
-                return fingerprint.hash_json_texts(conn, texts)
+                return fingerprint.hash_json_texts(conn, texts, seed)
 
         yield hash_json
 
