@@ -193,8 +193,15 @@ def test_values_swapped_between_columns_of_a_row_change_its_hash() -> None:
     assert first != swapped
 
 
-def test_long_strings_hash_in_rounds_of_twelve_bytes(pg_dsn: str) -> None:
-    texts = ["x" * n + "é" for n in range(0, 200, 7)] + ["y" * 5000]
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["x" * n + "é" for n in range(0, 200, 7)] + ["y" * 5000],  # longest first
+        ["x" * n for n in range(0, 49, 5)],  # all together, finished values kept
+        ["x" * 23, "y" * 23, "z" * 30],  # all together, every value in every round
+    ],
+)
+def test_long_strings_hash_in_rounds_of_twelve_bytes(pg_dsn: str, texts: list[str]) -> None:
     wire, _ = land(pg_dsn, pa.table({"id": range(len(texts)), "s": texts}))
     with psycopg.connect(pg_dsn) as conn:
         for seed in (0, 3):

@@ -176,9 +176,9 @@ def hash_bytes(array: pa.Array, seed: int = 0) -> np.ndarray:
     # The last 0..11 bytes: zero-padded words, the third shifted left by 8 (lookup3's switch).
     at = starts + 12 * rounds
     rest = lengths - 12 * rounds
-    a += word_at[at] & _byte_mask(np.minimum(rest, 4))
-    b += word_at[at + 4] & _byte_mask(np.clip(rest - 4, 0, 4))
-    c += (word_at[at + 8] & _byte_mask(np.clip(rest - 8, 0, 3))) << U32(8)
+    a += word_at[at] & _TAIL_MASKS[0][rest]
+    b += word_at[at + 4] & _TAIL_MASKS[1][rest]
+    c += (word_at[at + 8] & _TAIL_MASKS[2][rest]) << U32(8)
     result = _final(a, b, c)
     if array.null_count:
         result[np.asarray(array.is_null())] = 0
@@ -198,6 +198,17 @@ def _bytes_start(lengths: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
     return a[lengths], b[lengths], c[lengths]
 
 
+def _tail_masks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per count of bytes left after the rounds (0..11), the bytes of each of the three tail
+    words that count: up to 4, 4 and 3 (lookup3 takes the last word's bytes shifted by 8)."""
+    rest = np.arange(12)
+    counts = (np.clip(rest, 0, 4), np.clip(rest - 4, 0, 4), np.clip(rest - 8, 0, 3))
+    a, b, c = (((1 << (8 * n.astype(np.uint64))) - 1).astype(U32) for n in counts)
+    return a, b, c
+
+
+_TAIL_MASKS = _tail_masks()
+
 # Values of up to this many 12-byte rounds are mixed all together, a finished value keeping
 # its state; longer ones go longest first over a shrinking prefix.
 _WIDE_ROUNDS = 4
@@ -214,9 +225,15 @@ def _rounds_wide(
 ) -> None:
     for k in range(most):
         at = starts + 12 * k
+        active = rounds > k
+        if active.all():  # as often (values of similar lengths): no copy of the state
+            a += word_at[at]
+            b += word_at[at + 4]
+            c += word_at[at + 8]
+            _mix(a, b, c)
+            continue
         sa, sb, sc = a + word_at[at], b + word_at[at + 4], c + word_at[at + 8]
         _mix(sa, sb, sc)
-        active = rounds > k
         np.copyto(a, sa, where=active)
         np.copyto(b, sb, where=active)
         np.copyto(c, sc, where=active)
@@ -244,11 +261,6 @@ def _rounds_longest_first(
         vc += word_at[at + 8]
         _mix(va, vb, vc)
     a[order], b[order], c[order] = sa, sb, sc
-
-
-def _byte_mask(count: np.ndarray) -> np.ndarray:
-    """0x00, 0xFF, ..., 0xFFFFFFFF for 0..4 bytes."""
-    return ((U64(1) << (count.astype(U64) * U64(8))) - U64(1)).astype(U32)
 
 
 def combine(hashes: list[np.ndarray]) -> np.ndarray:
