@@ -308,3 +308,19 @@ def test_verify_catches_values_swapped_between_rows(tmp_path: Path, pg_dsn: str)
     assert dirty.rows_match and not dirty.content_matches
     assert sorted(d.key["id"] for d in dirty.differences) == [1, 2]
     assert {d.kind for d in dirty.differences} == {"changed"}
+
+
+def test_verify_catches_values_swapped_between_columns_of_a_row(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The row still holds the same values, in the wrong columns of the same type."""
+    names = pa.table(
+        {"id": pa.array([1, 2], pa.int64()), "first": ["ada", "bob"], "last": ["lovelace", "x"]}
+    )
+    write_delta(tmp_path / "src", names)
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    assert verify_table(table, pg_dsn).content_matches
+    tamper(pg_dsn, 'UPDATE gold.items_synced SET "first" = "last", "last" = "first" WHERE id = 1')
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.differences == (Difference(kind="changed", key={"id": 1}),)
