@@ -36,7 +36,8 @@ def _element(column: PgColumn) -> sql.Composable:
 
 # Each column type's extended hash function, called with the value and a seed. Dates and
 # timestamps with a zone have none of their own that SQL can call: they are hashed as what their
-# hash opclass hashes (days, microseconds since 2000-01-01; an interval's hash is its span's).
+# hash opclass hashes (days since 2000-01-01, the same microseconds as a timestamp), written so
+# that 'infinity', which only Postgres can hold, hashes too instead of failing the query.
 _HASH_FUNCTIONS = {
     "bigint": "hashint8extended({v}, {s})",
     "integer": "hashint4extended({v}, {s})",
@@ -44,9 +45,12 @@ _HASH_FUNCTIONS = {
     "boolean": "hashint4extended({v}::integer, {s})",
     "real": "hashfloat4extended({v}, {s})",
     "double precision": "hashfloat8extended({v}, {s})",
-    "date": "hashint4extended({v} - date '2000-01-01', {s})",
+    "date": (
+        "CASE WHEN isfinite({v}) THEN hashint4extended({v} - date '2000-01-01', {s}) "
+        "ELSE hash_record_extended(ROW({v}), {s}) END"
+    ),
     "timestamp": "timestamp_hash_extended({v}, {s})",
-    "timestamptz": "interval_hash_extended({v} - timestamptz '2000-01-01 00:00:00+00', {s})",
+    "timestamptz": "timestamp_hash_extended({v} AT TIME ZONE 'UTC', {s})",
     "time": "time_hash_extended({v}, {s})",
     "interval": "interval_hash_extended({v}, {s})",
     "text": "hashtextextended({v}, {s})",
