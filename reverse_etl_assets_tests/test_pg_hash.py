@@ -169,13 +169,47 @@ def test_each_column_hash_equals_postgres(pg_dsn: str, name: str) -> None:
     assert [0 if h is None else int(h) % 2**64 for (h,) in theirs] == [int(h) for h in mine]
 
 
-def test_long_strings_hash_in_rounds_of_twelve_bytes(pg_dsn: str) -> None:
-    texts = ["x" * n + "é" for n in range(0, 200, 7)] + ["y" * 5000]
+@pytest.mark.parametrize("seed", [1, 7, 2**40 + 3])
+def test_each_seeded_column_hash_equals_postgres(pg_dsn: str, seed: int) -> None:
+    """The row hash's elements: every type's own hash function called with a seed, as SQL
+    spells it, equals the one recomputed here (NULL: 0)."""
+    wire, columns = land(pg_dsn, wide_table())
+    with psycopg.connect(pg_dsn) as conn:
+        for column in columns:
+            query = sql.SQL("SELECT {} FROM t ORDER BY id").format(
+                fingerprint.column_hash(column, seed)
+            )
+            theirs = [int(h) % 2**64 for (h,) in conn.execute(query).fetchall()]
+            mine = pg_hash.column_hash(wire.column(column.name), column, seed=seed)
+            assert theirs == [int(h) for h in mine], column
+
+
+def test_values_swapped_between_columns_of_a_row_change_its_hash() -> None:
+    """Columns of one type are told apart by their seeds (an XOR alone would not)."""
+    schema = pa.schema([("id", pa.int64()), ("a", pa.string()), ("b", pa.string())])
+    columns = pg_columns(schema, table="t")
+    rows = pa.record_batch([pa.array([1, 1], pa.int64()), ["x", "y"], ["y", "x"]], schema=schema)
+    first, swapped = pg_hash.row_hashes(rows, columns)
+    assert first != swapped
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["x" * n + "é" for n in range(0, 200, 7)] + ["y" * 5000],  # longest first
+        ["x" * n for n in range(0, 49, 5)],  # all together, finished values kept
+        ["x" * 23, "y" * 23, "z" * 30],  # all together, every value in every round
+    ],
+)
+def test_long_strings_hash_in_rounds_of_twelve_bytes(pg_dsn: str, texts: list[str]) -> None:
     wire, _ = land(pg_dsn, pa.table({"id": range(len(texts)), "s": texts}))
     with psycopg.connect(pg_dsn) as conn:
-        theirs = conn.execute("SELECT hashtextextended(s, 0) FROM t ORDER BY id").fetchall()
-    mine = pg_hash.hash_bytes(wire.column("s"))
-    assert [int(h) % 2**64 for (h,) in theirs] == [int(h) for h in mine]
+        for seed in (0, 3):
+            theirs = conn.execute(
+                "SELECT hashtextextended(s, %s) FROM t ORDER BY id", (seed,)
+            ).fetchall()
+            mine = pg_hash.hash_bytes(wire.column("s"), seed)
+            assert [int(h) % 2**64 for (h,) in theirs] == [int(h) for h in mine]
 
 
 def test_a_null_is_told_from_a_value_hashing_to_zero() -> None:
@@ -212,12 +246,15 @@ def test_json_hashed_by_postgres_equals_json_hashed_here(pg_dsn: str) -> None:
     texts = pa.array(['{"b":1,"aa":[1,2.50,{"z":null}]}', "[]", None, "1e20", '{"k":1,"k":2}'])
     with psycopg.connect(pg_dsn) as conn:
         by_postgres = fingerprint.hash_json_texts(conn, texts)
-    assert by_postgres.tolist() == pg_hash.hash_json_here(texts).tolist()
-    assert by_postgres[2] == 0
+        seeded = fingerprint.hash_json_texts(conn, texts, 5)
+    assert by_postgres.tolist() == pg_hash.hash_json_here(texts, 0).tolist()
+    assert seeded.tolist() == pg_hash.hash_json_here(texts, 5).tolist()
+    assert seeded[0] != by_postgres[0]
+    assert by_postgres[2] == 0 and seeded[2] == 0
     for one in (pa.array([None], pa.string()), pa.array(["[]"]), pa.array([], pa.string())):
         with psycopg.connect(pg_dsn) as conn:
             assert fingerprint.hash_json_texts(conn, one).tolist() == (
-                pg_hash.hash_json_here(one).tolist()
+                pg_hash.hash_json_here(one, 0).tolist()
             )
 
 
@@ -225,7 +262,9 @@ def test_the_row_hash_sql_presents_numerics_and_json_as_pg_hash_does() -> None:
     columns = pg_columns(wide_table().select(["id", "d10", "dec", "st"]).schema, table="t")
     text = fingerprint.row_hash(columns).as_string()
     assert text == (
-        'hashint8extended(hash_record_extended(ROW("id", ("d10" * 100)::bigint, "dec"::text, '
-        '"st"::text, num_nulls("id", "d10", "dec", "st")), 0), 0)'
+        'hashint8extended(coalesce(hashint8extended("id", 1), 0) # '
+        'coalesce(hashint8extended(("d10" * 100)::bigint, 2), 0) # '
+        'coalesce(hashtextextended("dec"::text, 3), 0) # '
+        'coalesce(hashtextextended("st"::text, 4), 0), 0)'
     )
     assert [pg_hash.hash_form(c) for c in columns] == ["value", "scaled", "text", "text"]

@@ -6,6 +6,7 @@ of difference, for every mapped type.
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -308,3 +309,46 @@ def test_verify_catches_values_swapped_between_rows(tmp_path: Path, pg_dsn: str)
     assert dirty.rows_match and not dirty.content_matches
     assert sorted(d.key["id"] for d in dirty.differences) == [1, 2]
     assert {d.kind for d in dirty.differences} == {"changed"}
+
+
+def test_verify_catches_values_swapped_between_columns_of_a_row(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The row still holds the same values, in the wrong columns of the same type."""
+    names = pa.table(
+        {"id": pa.array([1, 2], pa.int64()), "first": ["ada", "bob"], "last": ["lovelace", "x"]}
+    )
+    write_delta(tmp_path / "src", names)
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    assert verify_table(table, pg_dsn).content_matches
+    tamper(pg_dsn, 'UPDATE gold.items_synced SET "first" = "last", "last" = "first" WHERE id = 1')
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.differences == (Difference(kind="changed", key={"id": 1}),)
+
+
+def test_verify_reports_an_infinite_date_or_timestamp_as_a_change(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Only Postgres can hold 'infinity': the row differs, the comparison does not fail."""
+    source = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "d": pa.array([datetime.date(2024, 1, 2)] * 2, pa.date32()),
+            "ts": pa.array(
+                [datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC)] * 2,
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    write_delta(tmp_path / "src", source)
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    tamper(pg_dsn, "UPDATE gold.items_synced SET d = 'infinity' WHERE id = 1")
+    tamper(pg_dsn, "UPDATE gold.items_synced SET ts = '-infinity' WHERE id = 2")
+    dirty = verify_table(table, pg_dsn)
+    assert dirty.rows_match and not dirty.content_matches
+    assert dirty.differences == (
+        Difference(kind="changed", key={"id": 1}),
+        Difference(kind="changed", key={"id": 2}),
+    )

@@ -1,8 +1,10 @@
 """PostgreSQL's own extended hash functions, recomputed over Arrow arrays with numpy.
 
 `row_hashes` gives, for each row of a wire batch, the value Postgres returns for
-`hash_record_extended(ROW(...), 0)` over the same row as `postgres.fingerprint` spells it, so a
-Delta table and its synced table can be compared by hashing each where it lives.
+`postgres.fingerprint.row_hash` over the same row (each column's own hash function, seeded by its
+position, XORed and mixed once more), and `key_hashes` the value of `hash_record_extended` over
+the key columns, so a Delta table and its synced table can be compared by hashing each where it
+lives.
 """
 
 from __future__ import annotations
@@ -101,40 +103,53 @@ def _final(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (b.astype(U64) << U64(32)) | c.astype(U64)
 
 
-def hash_uint32(values: np.ndarray) -> np.ndarray:
-    """hash_uint32_extended(value, 0) of each 32-bit value."""
-    a = np.full(len(values), _GOLDEN + 4, dtype=U32)
-    b, c = a.copy(), a.copy()
+def _seeded(a: np.ndarray, b: np.ndarray, c: np.ndarray, seed: int) -> None:
+    """A non-zero seed perturbs lookup3's starting state, as if it were padding after the key."""
+    if seed:
+        a += U32((seed >> 32) & 0xFFFFFFFF)
+        b += U32(seed & 0xFFFFFFFF)
+        _mix(a, b, c)
+
+
+def _start(n: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The state a fixed-length key of `length` bytes starts from, for `n` values."""
+    a, b, c = (np.full(1, (_GOLDEN + length) & 0xFFFFFFFF, dtype=U32) for _ in range(3))
+    _seeded(a, b, c, seed)
+    return np.full(n, a[0], dtype=U32), np.full(n, b[0], dtype=U32), np.full(n, c[0], dtype=U32)
+
+
+def hash_uint32(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """hash_uint32_extended(value, seed) of each 32-bit value."""
+    a, b, c = _start(len(values), 4, seed)
     a += values.astype(U32, copy=False)
     return _final(a, b, c)
 
 
-def hash_int8(values: np.ndarray) -> np.ndarray:
-    """hashint8extended(value, 0): the low half folded with the high half (or its complement
+def hash_int8(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """hashint8extended(value, seed): the low half folded with the high half (or its complement
     for negatives, so small negatives hash like int4), then hashed as 32 bits."""
     v = values.astype(np.int64, copy=False)
     low = v.astype(U32)
     high = (v >> 32).astype(U32)
-    return hash_uint32(low ^ np.where(v >= 0, high, ~high))
+    return hash_uint32(low ^ np.where(v >= 0, high, ~high), seed)
 
 
-def hash_float8(values: np.ndarray) -> np.ndarray:
-    """hashfloat8extended(value, 0): zero (either sign) hashes to the seed, every NaN alike,
+def hash_float8(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """hashfloat8extended(value, seed): zero (either sign) hashes to the seed, every NaN alike,
     anything else is its 8 bytes through hash_bytes_extended."""
     v = values.astype(np.float64, copy=False)
     bits = v.view(U64).copy()
     bits[np.isnan(v)] = _FLOAT8_NAN
-    a = np.full(len(v), _GOLDEN + 8, dtype=U32)
-    b, c = a.copy(), a.copy()
+    a, b, c = _start(len(v), 8, seed)
     a += (bits & U64(0xFFFFFFFF)).astype(U32)
     b += (bits >> U64(32)).astype(U32)
     hashed = _final(a, b, c)
-    hashed[v == 0] = 0
+    hashed[v == 0] = seed
     return hashed
 
 
-def hash_bytes(array: pa.Array) -> np.ndarray:
-    """hash_any_extended(bytes, 0) of each value (text as UTF-8, bytea); NULLs hash to 0."""
+def hash_bytes(array: pa.Array, seed: int = 0) -> np.ndarray:
+    """hash_any_extended(bytes, seed) of each value (text as UTF-8, bytea); NULLs hash to 0."""
     array = array.cast(pa.large_binary())
     n = len(array)
     if n == 0:
@@ -153,8 +168,7 @@ def hash_bytes(array: pa.Array) -> np.ndarray:
         ]
     # The little-endian 32-bit word starting at each byte (overlapping, unaligned views).
     word_at = np.ndarray(shape=(len(data) - 3,), dtype="<u4", buffer=data, strides=(1,))
-    a = (lengths + _GOLDEN).astype(U32)
-    b, c = a.copy(), a.copy()
+    a, b, c = _bytes_start(lengths, seed)
     if most <= _WIDE_ROUNDS:
         _rounds_wide(word_at, starts, rounds, most, a, b, c)
     else:
@@ -162,14 +176,38 @@ def hash_bytes(array: pa.Array) -> np.ndarray:
     # The last 0..11 bytes: zero-padded words, the third shifted left by 8 (lookup3's switch).
     at = starts + 12 * rounds
     rest = lengths - 12 * rounds
-    a += word_at[at] & _byte_mask(np.minimum(rest, 4))
-    b += word_at[at + 4] & _byte_mask(np.clip(rest - 4, 0, 4))
-    c += (word_at[at + 8] & _byte_mask(np.clip(rest - 8, 0, 3))) << U32(8)
+    a += word_at[at] & _TAIL_MASKS[0][rest]
+    b += word_at[at + 4] & _TAIL_MASKS[1][rest]
+    c += (word_at[at + 8] & _TAIL_MASKS[2][rest]) << U32(8)
     result = _final(a, b, c)
     if array.null_count:
         result[np.asarray(array.is_null())] = 0
     return result
 
+
+def _bytes_start(lengths: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The state hash_bytes_extended starts from for keys of these lengths. A seed is mixed in
+    once per length up to the longest when that is fewer mixes than one per value."""
+    top = int(lengths.max())
+    each = np.arange(top + 1) if seed and top < len(lengths) else lengths
+    a = (each + _GOLDEN).astype(U32)
+    b, c = a.copy(), a.copy()
+    _seeded(a, b, c, seed)
+    if each is lengths:
+        return a, b, c
+    return a[lengths], b[lengths], c[lengths]
+
+
+def _tail_masks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per count of bytes left after the rounds (0..11), the bytes of each of the three tail
+    words that count: up to 4, 4 and 3 (lookup3 takes the last word's bytes shifted by 8)."""
+    rest = np.arange(12)
+    counts = (np.clip(rest, 0, 4), np.clip(rest - 4, 0, 4), np.clip(rest - 8, 0, 3))
+    a, b, c = (((1 << (8 * n.astype(np.uint64))) - 1).astype(U32) for n in counts)
+    return a, b, c
+
+
+_TAIL_MASKS = _tail_masks()
 
 # Values of up to this many 12-byte rounds are mixed all together, a finished value keeping
 # its state; longer ones go longest first over a shrinking prefix.
@@ -187,9 +225,15 @@ def _rounds_wide(
 ) -> None:
     for k in range(most):
         at = starts + 12 * k
+        active = rounds > k
+        if active.all():  # as often (values of similar lengths): no copy of the state
+            a += word_at[at]
+            b += word_at[at + 4]
+            c += word_at[at + 8]
+            _mix(a, b, c)
+            continue
         sa, sb, sc = a + word_at[at], b + word_at[at + 4], c + word_at[at + 8]
         _mix(sa, sb, sc)
-        active = rounds > k
         np.copyto(a, sa, where=active)
         np.copyto(b, sb, where=active)
         np.copyto(c, sc, where=active)
@@ -219,11 +263,6 @@ def _rounds_longest_first(
     a[order], b[order], c[order] = sa, sb, sc
 
 
-def _byte_mask(count: np.ndarray) -> np.ndarray:
-    """0x00, 0xFF, ..., 0xFFFFFFFF for 0..4 bytes."""
-    return ((U64(1) << (count.astype(U64) * U64(8))) - U64(1)).astype(U32)
-
-
 def combine(hashes: list[np.ndarray]) -> np.ndarray:
     """hash_record_extended's fold of element hashes: result = result * 31 + element."""
     result = np.zeros(len(hashes[0]) if hashes else 0, dtype=U64)
@@ -232,34 +271,35 @@ def combine(hashes: list[np.ndarray]) -> np.ndarray:
     return result
 
 
-def hash_json_here(texts: pa.Array) -> np.ndarray:
+def hash_json_here(texts: pa.Array, seed: int) -> np.ndarray:
     """Hashes of JSON texts in the form Postgres prints them as jsonb, computed in Python (one
     value at a time: exact, but about 10 µs a value)."""
-    return hash_bytes(jsonb_text(texts))
+    return hash_bytes(jsonb_text(texts), seed)
 
 
-# How JSON texts are hashed as jsonb: here, or by a Postgres that parses them (much faster).
-JsonHasher = Callable[[pa.Array], np.ndarray]
+# How JSON texts are hashed as jsonb, with a seed: here, or by a Postgres that parses them (much
+# faster).
+JsonHasher = Callable[[pa.Array, int], np.ndarray]
 
 
 def column_hash(
-    array: pa.Array, column: PgColumn, *, hash_json: JsonHasher = hash_json_here
+    array: pa.Array, column: PgColumn, *, seed: int = 0, hash_json: JsonHasher = hash_json_here
 ) -> np.ndarray:
-    """The extended hash Postgres computes for each value of a wire column in its `hash_form`;
-    NULL hashes to 0."""
+    """The extended hash, with `seed`, Postgres computes for each value of a wire column in its
+    `hash_form`; NULL hashes to 0."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     form = hash_form(column)
     if form == "scaled":
-        hashed = hash_int8(_unscaled(array))
+        hashed = hash_int8(_unscaled(array), seed)
     elif form == "text" and column.ddl == "jsonb":
-        return hash_json(array)
+        return hash_json(array, seed)
     elif form == "text":
-        return hash_bytes(pl.Series(array).cast(pl.String).to_arrow())
+        return hash_bytes(pl.Series(array).cast(pl.String).to_arrow(), seed)
     elif column.ddl in ("text", "bytea"):
-        return hash_bytes(array)
+        return hash_bytes(array, seed)
     else:
-        hashed = _fixed_width_hash(array, column.ddl)
+        hashed = _fixed_width_hash(array, column.ddl, seed)
     if array.null_count:
         hashed[np.asarray(array.is_null())] = 0
     return hashed
@@ -271,21 +311,21 @@ def _unscaled(array: pa.Array) -> np.ndarray:
     return words[2 * array.offset : 2 * (array.offset + len(array)) : 2]
 
 
-def _fixed_width_hash(array: pa.Array, ddl: str) -> np.ndarray:
+def _fixed_width_hash(array: pa.Array, ddl: str, seed: int) -> np.ndarray:
     if ddl in ("bigint", "time", "interval"):
         # time and interval hash their microseconds as int8 (an interval of months and days
         # spans them as 30-day months; the sync writes microseconds only).
-        return hash_int8(_numbers(array.cast(pa.int64()) if ddl != "bigint" else array))
+        return hash_int8(_numbers(array.cast(pa.int64()) if ddl != "bigint" else array), seed)
     if ddl in ("integer", "smallint", "boolean"):
-        return hash_uint32(_numbers(array.cast(pa.int32())).astype(U32))
+        return hash_uint32(_numbers(array.cast(pa.int32())).astype(U32), seed)
     if ddl in ("real", "double precision"):
-        return hash_float8(_numbers(array.cast(pa.float64())))
+        return hash_float8(_numbers(array.cast(pa.float64())), seed)
     if ddl == "date":
         days = _numbers(array.cast(pa.int32())).astype(np.int64) - _PG_EPOCH_DAYS
-        return hash_uint32(days.astype(U32))
+        return hash_uint32(days.astype(U32), seed)
     if ddl in ("timestamp", "timestamptz"):
         micros = _numbers(array.cast(pa.int64())) - _PG_EPOCH_US
-        return hash_int8(micros)
+        return hash_int8(micros, seed)
     raise ValueError(f"no Postgres hash for column type {ddl}")
 
 
@@ -299,20 +339,12 @@ def _numbers(array: pa.Array) -> np.ndarray:
 def row_hashes(
     batch: pa.RecordBatch, columns: tuple[PgColumn, ...], *, hash_json: JsonHasher = hash_json_here
 ) -> np.ndarray:
-    """hashint8extended(hash_record_extended(ROW(every column, num_nulls(every column)), 0), 0)
-    of each row (see `postgres.fingerprint.row_hash` for why the last hash)."""
-    arrays = [batch.column(c.name) for c in columns]
-    hashes = [
-        column_hash(array, column, hash_json=hash_json)
-        for array, column in zip(arrays, columns, strict=True)
-    ]
-    nulls = np.zeros(batch.num_rows, dtype=np.int32)
-    for array in arrays:
-        if array.null_count:
-            nulls += np.asarray(array.is_null(), dtype=np.int32)
-    # The count of NULLs tells a NULL from a value that hashes to 0 (0.0, for one).
-    hashes.append(hash_uint32(nulls.astype(U32)))
-    return hash_int8(combine(hashes).view(np.int64))
+    """hashint8extended(h1 # h2 # ... # hn, 0) of each row, hi being column i's own hash seeded
+    with i (NULL: 0); see `postgres.fingerprint.row_hash`."""
+    mixed = np.zeros(batch.num_rows, dtype=U64)
+    for seed, column in enumerate(columns, start=1):
+        mixed ^= column_hash(batch.column(column.name), column, seed=seed, hash_json=hash_json)
+    return hash_int8(mixed.view(np.int64))
 
 
 def key_hashes(

@@ -1,9 +1,11 @@
 """Prove a synced table equals its Delta source at the checkpointed version.
 
-Each side is hashed where it lives: Postgres sums `hash_record_extended` over its rows in one scan,
-while the Delta rows, prepared as a sync prepares them, are streamed and hashed with the same
-functions here. Only when the sums differ are the rows of a few key buckets fetched from both
-sides, to name sample keys and what differs about them.
+Each side is hashed where it lives: Postgres sums a hash of each row (`fingerprint.row_hash`, its
+columns' own hash functions combined) in one scan, while the Delta rows, prepared as a sync
+prepares them, are streamed and hashed with the same functions here; both sides only sum row
+hashes. Only when the sums differ are both summed again
+per key bucket, and the rows of a few differing buckets fetched from both, to name sample keys
+and what differs about them.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import polars as pl
@@ -31,7 +33,7 @@ from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, key_columns, pg_columns
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform import pg_hash
-from reverse_etl_assets.transform.buckets import BucketFingerprints, Fingerprint
+from reverse_etl_assets.transform.buckets import HASH_MODULUS, BucketFingerprints, Fingerprint
 from reverse_etl_assets.transform.cleaning import BatchPreparer
 
 SAMPLE_KEYS = 5
@@ -44,6 +46,7 @@ SAMPLE_BUCKETS = 4
 HASH_THREADS = 2
 
 Kind = Literal["changed", "missing", "extra"]
+T = TypeVar("T")
 _KIND_WORDS = {"changed": "changed", "missing": "missing in Postgres", "extra": "extra in Postgres"}
 
 
@@ -125,13 +128,12 @@ def verify_table(table: SyncedTable, dsn: str) -> Verification:
         # Postgres scans and hashes on its own core while this process hashes the Delta rows.
         with ThreadPoolExecutor(max_workers=1) as pool, _json_hasher(dsn, columns) as hash_json:
             in_postgres = pool.submit(_read_total, dsn, target, columns)
-            in_delta = _hash_delta(table, source, columns, keys, hash_json)
+            delta = _delta_total(table, source, columns, keys, hash_json)
             postgres = in_postgres.result()
-            delta = in_delta.total()
             differences: tuple[Difference, ...] = ()
             if postgres != delta:
                 differences = _sample_differences(
-                    conn, table, source, columns, keys, target, in_delta, hash_json
+                    dsn, conn, pool, table, source, columns, keys, target, hash_json
                 )
     return Verification(
         name=table.name,
@@ -156,6 +158,13 @@ def _read_total(dsn: str, target: sql.Composable, columns: tuple[PgColumn, ...])
         return fingerprint.read_total(conn, target, columns)
 
 
+def _read_buckets(
+    dsn: str, target: sql.Composable, columns: tuple[PgColumn, ...], keys: tuple[PgColumn, ...]
+) -> BucketFingerprints:
+    with connect(dsn, autocommit=True) as conn:
+        return fingerprint.read_buckets(conn, target, columns, keys, BUCKETS)
+
+
 @contextlib.contextmanager
 def _json_hasher(dsn: str, columns: tuple[PgColumn, ...]) -> Iterator[pg_hash.JsonHasher]:
     """How the Delta side hashes JSON: by Postgres, over a connection of its own shared by the
@@ -167,14 +176,37 @@ def _json_hasher(dsn: str, columns: tuple[PgColumn, ...]) -> Iterator[pg_hash.Js
     lock = threading.Lock()
     with connect(dsn, autocommit=True) as conn:
 
-        def hash_json(texts: pa.Array) -> np.ndarray:
+        def hash_json(texts: pa.Array, seed: int) -> np.ndarray:
             with lock:
-                return fingerprint.hash_json_texts(conn, texts)
+                return fingerprint.hash_json_texts(conn, texts, seed)
 
         yield hash_json
 
 
 # --- the Delta side ---------------------------------------------------------------------------
+
+
+def _delta_total(
+    table: SyncedTable,
+    source: SourceSnapshot,
+    columns: tuple[PgColumn, ...],
+    keys: tuple[PgColumn, ...],
+    hash_json: pg_hash.JsonHasher,
+) -> Fingerprint:
+    """Row count and hash sum of the source rows as a sync would land them. Without a timeseries
+    key no key is hashed: buckets are only needed, in a second read, when the sums differ."""
+    if table.timeseries_key is not None:
+        return _hash_delta(table, source, columns, keys, hash_json).total()
+    rows = total = 0
+    for hashes in _hashed_chunks(
+        table,
+        source,
+        columns,
+        lambda chunk: pg_hash.row_hashes(chunk, columns, hash_json=hash_json),
+    ):
+        rows += len(hashes)
+        total = (total + int(hashes.sum(dtype=np.uint64))) % HASH_MODULUS
+    return Fingerprint(rows=rows, total=total)
 
 
 def _hash_delta(
@@ -187,22 +219,15 @@ def _hash_delta(
     """Bucket fingerprints of the source rows as a sync would land them."""
     buckets = BucketFingerprints(BUCKETS)
     if table.timeseries_key is None:
-        # numpy releases the GIL inside each operation: two batches hash side by side, which
-        # uses the core Postgres leaves idle once its own scan is done.
+
         def hashed(chunk: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
             return (
                 pg_hash.key_hashes(chunk, keys, hash_json=hash_json),
                 pg_hash.row_hashes(chunk, columns, hash_json=hash_json),
             )
 
-        with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-            pending: collections.deque[Future[tuple[np.ndarray, np.ndarray]]] = collections.deque()
-            for chunk in _wire_chunks(table, source, columns):
-                pending.append(pool.submit(hashed, chunk))
-                if len(pending) > HASH_THREADS:
-                    buckets.add(*pending.popleft().result())
-            while pending:
-                buckets.add(*pending.popleft().result())
+        for key_hashes, row_hashes in _hashed_chunks(table, source, columns, hashed):
+            buckets.add(key_hashes, row_hashes)
         return buckets
     # Latest row per key: that needs every row's key hash, timestamp and row hash (24 bytes a
     # row, not the rows themselves) before the buckets can be summed.
@@ -214,6 +239,24 @@ def _hash_delta(
         latest = _keep_latest(pl.concat(parts))
         buckets.add(latest["k"].to_numpy(), latest["h"].to_numpy())
     return buckets
+
+
+def _hashed_chunks(
+    table: SyncedTable,
+    source: SourceSnapshot,
+    columns: tuple[PgColumn, ...],
+    hashed: Callable[[pa.RecordBatch], T],
+) -> Iterator[T]:
+    """`hashed` of each wire chunk, in order. numpy releases the GIL inside each operation: two
+    chunks hash side by side, which uses the core Postgres leaves idle once its own scan is done."""
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        pending: collections.deque[Future[T]] = collections.deque()
+        for chunk in _wire_chunks(table, source, columns):
+            pending.append(pool.submit(hashed, chunk))
+            if len(pending) > HASH_THREADS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _wire_chunks(
@@ -291,18 +334,21 @@ def _keep_latest(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _sample_differences(
+    dsn: str,
     conn: psycopg.Connection,
+    pool: ThreadPoolExecutor,
     table: SyncedTable,
     source: SourceSnapshot,
     columns: tuple[PgColumn, ...],
     keys: tuple[PgColumn, ...],
     target: sql.Composable,
-    delta: BucketFingerprints,
     hash_json: pg_hash.JsonHasher,
 ) -> tuple[Difference, ...]:
-    """Keys that differ, from the first few buckets whose fingerprints differ."""
-    in_postgres = fingerprint.read_buckets(conn, target, columns, keys, BUCKETS)
-    differing = in_postgres.differing(delta, limit=SAMPLE_BUCKETS)
+    """Keys that differ, from the first few buckets whose fingerprints differ (both sides
+    summed per bucket at once, Postgres on the pool's thread)."""
+    in_postgres = pool.submit(_read_buckets, dsn, target, columns, keys)
+    delta = _hash_delta(table, source, columns, keys, hash_json)
+    differing = in_postgres.result().differing(delta, limit=SAMPLE_BUCKETS)
     if not differing:
         return ()
     postgres_rows = {
