@@ -82,28 +82,32 @@ def stage_rows(
     name: str,
     columns: tuple[PgColumn, ...],
     batches: Iterable[pa.RecordBatch],
-) -> int:
-    """COPY the batches into a new temp table (dropped at commit); return the rows staged.
+) -> None:
+    """COPY the batches into a new temp table (dropped at commit), produced and encoded in a
+    worker thread while the previous chunk is sent."""
+    with prefetched(encoded(batches, columns)) as chunks:
+        stage_chunks(conn, name, columns, chunks)
 
-    The batches are produced and encoded in a worker thread while the previous chunk is sent."""
+
+def encoded(batches: Iterable[pa.RecordBatch], columns: tuple[PgColumn, ...]) -> Iterator[bytes]:
+    """The batches' rows as binary COPY chunks (see `binary_copy.encode_rows`)."""
+    for batch in batches:
+        if batch.num_rows:
+            yield binary_copy.encode_rows(batch, columns)
+
+
+def stage_chunks(
+    conn: psycopg.Connection, name: str, columns: tuple[PgColumn, ...], chunks: Iterable[bytes]
+) -> None:
+    """COPY encoded chunks into a new temp table `name` of `columns` (dropped at commit)."""
     cols = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.ddl)) for c in columns
     )
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), cols)
     )
-    staged = 0
-
-    def chunks() -> Iterator[bytes]:
-        nonlocal staged
-        for batch in batches:
-            if batch.num_rows:
-                staged += batch.num_rows
-                yield binary_copy.encode_rows(batch, columns)
-
-    with conn.cursor() as cur, prefetched(chunks()) as encoded:
-        binary_copy.copy_rows(cur, schema="pg_temp", table=name, columns=columns, chunks=encoded)
-    return staged
+    with conn.cursor() as cur:
+        binary_copy.copy_rows(cur, schema="pg_temp", table=name, columns=columns, chunks=chunks)
 
 
 GONE = "_retl_gone"

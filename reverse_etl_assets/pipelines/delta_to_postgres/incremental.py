@@ -28,6 +28,7 @@ from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapsho
 from reverse_etl_assets.postgres import apply, catalog, change_stage, protection, state
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.state import TableState
+from reverse_etl_assets.runtime.prefetch import prefetched
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform.changes import ChangePreparer
@@ -178,13 +179,18 @@ def _land_changes(
         key=key if table.timeseries_key is None else None,
     )
     schema, name = table.pg_schema, table.pg_table
-    with connect(dsn) as conn, conn.transaction():
+    # Reading the feed starts now, in a worker, while the transaction is set up.
+    with (
+        prefetched(apply.encoded(preparer.stream(feed), preparer.columns)) as chunks,
+        connect(dsn) as conn,
+        conn.transaction(),
+    ):
         protection.allow_pipeline_writes(conn)
         live = catalog.column_types(conn, schema, name)
         check_schema(table, live, columns)
         for setting, value in NETTING_SETTINGS.items():
             conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(setting), sql.Literal(value)))
-        apply.stage_rows(conn, change_stage.STAGE, preparer.columns, preparer.stream(feed))
+        apply.stage_chunks(conn, change_stage.STAGE, preparer.columns, chunks)
         net = _net(conn, table, source, columns, preparer)
         changes = net.changes
         if table.on_invalid_characters == "fail" and preparer.marked_rows:
