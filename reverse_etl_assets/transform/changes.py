@@ -2,8 +2,8 @@
 
 Rows that leave the table (deletes and update preimages) matter only by their key, so they are
 staged with their key alone; rows that arrive (inserts and update postimages) whole, each marked
-arriving or not. Rows with a
-NULL key are never synced: they are dropped here and counted (rows arriving minus rows leaving).
+arriving or not. Rows with a NULL key are never synced: they are dropped here and counted (rows
+arriving minus rows leaving).
 Which change per key wins is decided in Postgres over the whole staged range
 (`postgres.change_stage`), so NUL bytes are judged there too: under `on_invalid_characters: fail`
 a row is staged stripped, marked with the column that held one, and fails the sync only if it is
