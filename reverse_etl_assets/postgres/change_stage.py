@@ -10,8 +10,8 @@ remaining row per key: a range that only adds rows keeps the latest new row per 
 the stored row only when newer); a range that removes rows settles every touched key from the
 source's rows at the range's last version, staged by the caller.
 
-Most ranges bring each key at most one arriving row: one pass of aggregation over the keys then
-finds the keys to delete, and the arriving rows are upserted from the stage as they are. Only a
+Most ranges bring each key at most one arriving row: one grouping of the staged keys then finds
+the keys to delete, and the arriving rows are upserted from the stage as they are. Only a
 range with keys arriving more than once is sorted whole into a net table of one row per key.
 """
 
@@ -60,9 +60,9 @@ def _from_net(changes: int) -> Net:
 
 
 def settled_keys_statement(key: tuple[str, ...]) -> sql.Composed:
-    """CREATE the table of keys the arriving rows alone do not settle, in one aggregation: keys
-    whose last change leaves the table (`leaves`: delete them) and keys that arrive more than
-    once (the range then needs the sort)."""
+    """CREATE the table of keys the arriving rows alone do not settle, in one grouping: keys
+    whose last change leaves the table (to delete; `only_leaving` when none arrives) and keys
+    that arrive more than once (`repeated`: the range then needs the sort)."""
     return sql.SQL(
         "CREATE TEMP TABLE {settled} ON COMMIT DROP AS "
         "SELECT {key}, arrivals > 1 AS repeated, arrived IS NULL AS only_leaving FROM ("
