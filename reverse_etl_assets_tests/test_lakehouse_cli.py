@@ -275,7 +275,8 @@ def test_follower_waits_out_a_postgres_restart_and_loses_nothing(tmp_path: Path)
             wait_for(lambda: history_ids(tmp_path) == [1])
             embedded_postgres.stop(cluster)
             time.sleep(2)  # the follower cannot reach Postgres and backs off
-            assert follower.poll() is None
+            if follower.poll() is not None:
+                pytest.fail(f"the follower stopped during the outage: {follower.communicate()[1]}")
             assert embedded_postgres.ensure_running(cluster) == dsn
             execute(dsn, "INSERT INTO orders VALUES (2, 'after')")
             wait_for(lambda: history_ids(tmp_path) == [1, 2])
@@ -285,6 +286,33 @@ def test_follower_waits_out_a_postgres_restart_and_loses_nothing(tmp_path: Path)
         assert follower.returncode == 0, err
         assert "retrying in" in err  # it noticed the outage and backed off, then carried on
         assert [r["id"] for r in delta_rows(mirror(tmp_path))] == [1, 2]
+    finally:
+        embedded_postgres.stop(cluster)
+
+
+@pytest.mark.slow
+def test_follower_started_while_postgres_is_down_waits_for_it(tmp_path: Path) -> None:
+    # Its first catch-up (the snapshot and a drain) meets the outage, not only its stream.
+    cluster = tmp_path / "pg"
+    dsn = embedded_postgres.ensure_running(cluster)
+    try:
+        execute(dsn, "CREATE TABLE orders (id bigint PRIMARY KEY, v text)")
+        env = env_for(tmp_path, dsn)
+        embedded_postgres.stop(cluster)
+        follower = start_follower(env)
+        try:
+            time.sleep(3)
+            if follower.poll() is not None:
+                pytest.fail(f"the follower stopped during the outage: {follower.communicate()[1]}")
+            assert embedded_postgres.ensure_running(cluster) == dsn
+            execute(dsn, "INSERT INTO orders VALUES (1, 'after')")
+            wait_for(lambda: Path(log_of(tmp_path), "_delta_log").exists())
+            wait_for(lambda: history_ids(tmp_path) == [1])
+        finally:
+            follower.send_signal(signal.SIGTERM)
+            _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        assert "retrying in" in err and "Traceback" not in err
     finally:
         embedded_postgres.stop(cluster)
 

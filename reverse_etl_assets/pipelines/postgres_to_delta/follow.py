@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.errors import SpecError, is_transient
 from reverse_etl_assets.pipelines.postgres_to_delta import states
 from reverse_etl_assets.pipelines.postgres_to_delta.run import (
     LakehouseResult,
@@ -38,7 +38,7 @@ from reverse_etl_assets.postgres.lakehouse_state import (
     read_lakehouse_state,
     record_lakehouse_heartbeat,
 )
-from reverse_etl_assets.runtime.loop import run_worker
+from reverse_etl_assets.runtime.loop import Backoff, run_worker
 from reverse_etl_assets.spec import LakehouseSync
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,19 @@ def follow_lakehouse(
             f"lakehouse sync {sync.name!r}: `follow` runs continuous lakehouse syncs, this one is "
             f"{sync.mode}; set `mode: continuous` (or use `reverse-etl sync {sync.name}`)"
         )
-    first = sync_lakehouse(sync, dsn)  # the snapshot when there is none, and a catch-up drain
+    stop = stop or threading.Event()
+    started = time.monotonic()
+    first = _catch_up(sync, dsn, stop=stop, max_seconds=max_seconds)
+    if first is None:  # stopped before Postgres came back
+        return LakehouseFollowSummary(
+            name=sync.name, last_lsn=None, flushes=0, changes=0, reconnects=0,
+            seconds=time.monotonic() - started,
+        )  # fmt: skip
     if on_flush is not None and first.path != "none":
         on_flush(first)
     worker = _Follower(sync, dsn, on_flush=on_flush, last_lsn=first.last_lsn)
     try:
-        seconds = run_worker(
-            worker, stop=stop or threading.Event(), max_seconds=max_seconds, idle_seconds=0.0
-        )
+        seconds = run_worker(worker, stop=stop, max_seconds=max_seconds, idle_seconds=0.0)
     except Exception as exc:
         record_failure(sync, dsn, exc)
         raise
@@ -94,6 +99,25 @@ def follow_lakehouse(
         reconnects=max(worker.sessions - 1, 0),
         seconds=seconds,
     )
+
+
+def _catch_up(
+    sync: LakehouseSync, dsn: str, *, stop: threading.Event, max_seconds: float | None
+) -> LakehouseResult | None:
+    """The snapshot when there is none, and a drain of what waits; Postgres unreachable or gone
+    meanwhile is waited out with backoff, as the streaming loop does (None: stopped first)."""
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            return sync_lakehouse(sync, dsn)
+        except Exception as exc:
+            if not is_transient(exc) or (deadline is not None and time.monotonic() >= deadline):
+                raise
+            delay = backoff.next()
+            log.warning("%s: %s; retrying in %.1fs", sync.name, exc, delay)
+            stop.wait(delay)
+    return None
 
 
 class _Follower:
