@@ -115,17 +115,7 @@ synced_tables:
 def test_ui_shows_sources_upstream_metadata_and_check_results(
     tmp_path: Path, spec: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
-    for name, value in {
-        ENV_SPEC: str(spec),
-        ENV_PG_DSN: pg_dsn,
-        "DAGSTER_HOME": str(home),
-        **_dagster_storage_env(pg_dsn),
-    }.items():
-        monkeypatch.setenv(name, value)
+    _dagster_home(tmp_path, spec, pg_dsn, monkeypatch)
 
     # Opening the instance first creates Dagster's tables, so the server never races to do it.
     with dg.DagsterInstance.get() as instance, _webserver(tmp_path) as server:
@@ -150,17 +140,10 @@ def test_ui_shows_sources_upstream_metadata_and_check_results(
 
         server.wait_until_serving()
         _skip_welcome_dialog(server.url)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                page.set_default_timeout(UI_TIMEOUT_MS)
-                expect.set_options(timeout=UI_TIMEOUT_MS)
-                _check_asset_graph(page, server.url)
-                _check_asset_page(page, server.url, metadata)
-                _check_asset_checks(page, server.url)
-            finally:
-                browser.close()
+        with _browser(UI_TIMEOUT_MS) as page:
+            _check_asset_graph(page, server.url)
+            _check_asset_page(page, server.url, metadata)
+            _check_asset_checks(page, server.url)
 
 
 def _check_asset_graph(page: Page, url: str) -> None:
@@ -323,6 +306,36 @@ def _webserver(tmp_path: Path, *, dev: bool = False, cwd: Path | None = None) ->
         _stop(process)
 
 
+@contextmanager
+def _browser(timeout_ms: int) -> Iterator[Page]:
+    """A page of headless Chromium, `timeout_ms` for each wait and each expectation."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(timeout_ms)
+            expect.set_options(timeout=timeout_ms)
+            yield page
+        finally:
+            browser.close()
+
+
+def _dagster_home(tmp_path: Path, spec: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of a code location over `spec`: a DAGSTER_HOME with the project's
+    dagster.yaml, its storage in the test's Postgres."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
+    for name, value in {
+        ENV_SPEC: str(spec),
+        ENV_PG_DSN: pg_dsn,
+        "DAGSTER_HOME": str(home),
+        **_dagster_storage_env(pg_dsn),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 def _skip_welcome_dialog(url: str) -> None:
     """Mark the first-run community dialog seen, as its Skip button does, so it hides nothing."""
     request = urllib.request.Request(
@@ -386,17 +399,7 @@ lakehouse_syncs:
 def test_ui_shows_the_closed_loop_with_lakehouse_metadata_and_checks(
     tmp_path: Path, lakehouse_spec: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.delenv(ENV_LAKE_ROOT, raising=False)
-    for name, value in {
-        ENV_SPEC: str(lakehouse_spec),
-        ENV_PG_DSN: pg_dsn,
-        "DAGSTER_HOME": str(home),
-        **_dagster_storage_env(pg_dsn),
-    }.items():
-        monkeypatch.setenv(name, value)
+    _dagster_home(tmp_path, lakehouse_spec, pg_dsn, monkeypatch)
 
     with dg.DagsterInstance.get() as instance, _webserver(tmp_path) as server:
         defs = load_definitions()
@@ -426,17 +429,10 @@ def test_ui_shows_the_closed_loop_with_lakehouse_metadata_and_checks(
 
         server.wait_until_serving()
         _skip_welcome_dialog(server.url)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                page.set_default_timeout(UI_TIMEOUT_MS)
-                expect.set_options(timeout=UI_TIMEOUT_MS)
-                _check_closed_loop_graph(page, server.url)
-                _check_mirror_page(page, server.url, metadata)
-                _check_mirror_checks(page, server.url)
-            finally:
-                browser.close()
+        with _browser(UI_TIMEOUT_MS) as page:
+            _check_closed_loop_graph(page, server.url)
+            _check_mirror_page(page, server.url, metadata)
+            _check_mirror_checks(page, server.url)
 
 
 def _check_closed_loop_graph(page: Page, url: str) -> None:

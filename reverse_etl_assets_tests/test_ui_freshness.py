@@ -16,7 +16,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from reverse_etl_assets.dev.demo_app import write_demo_activity
 from reverse_etl_assets.dev.demo_lake import ensure_demo_lake
@@ -28,8 +28,8 @@ from reverse_etl_assets.spec import load_spec
 from reverse_etl_assets_tests.helpers import run_cli
 from reverse_etl_assets_tests.test_ui import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     PROJECT_ROOT,
+    _browser,
     _dagster_storage_env,
     _node,
     _skip_welcome_dialog,
@@ -93,50 +93,41 @@ def test_demo_fresh_after_sync_stale_after_a_commit_fresh_again(
     with _webserver(tmp_path, dev=True, cwd=home) as server:
         server.wait_until_serving()
         _skip_welcome_dialog(server.url)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                page.set_default_timeout(DAEMON_WAIT_MS)
-                expect.set_options(timeout=DAEMON_WAIT_MS)
-                _open_graph(page, server.url)
-                # The CLI's syncs are in the instance, and the daemon ran their checks.
-                for table in spec.synced_tables:
-                    node = _node(page, dg.AssetKey(table.asset_key_path))
-                    expect(node).to_contain_text("Materialized")
-                    expect(node).to_contain_text(ALL_CHECKS_PASSED)
-                    expect(node).not_to_contain_text("Unsynced")
-                    expect(node).not_to_contain_text("Failed")
+        with _browser(DAEMON_WAIT_MS) as page:
+            _open_graph(page, server.url)
+            # The CLI's syncs are in the instance, and the daemon ran their checks.
+            for table in spec.synced_tables:
+                node = _node(page, dg.AssetKey(table.asset_key_path))
+                expect(node).to_contain_text("Materialized")
+                expect(node).to_contain_text(ALL_CHECKS_PASSED)
+                expect(node).not_to_contain_text("Unsynced")
+                expect(node).not_to_contain_text("Failed")
 
-                # And the lakehouse sync's drain: each history and mirror, with its checks.
-                for sync in spec.lakehouse_syncs:
-                    for _, name in sync.tables:
-                        history = _node(
-                            page, dg.AssetKey([*sync.target_parts, f"lb_{name}_history"])
-                        )
-                        expect(history).to_contain_text("Materialized")
-                        expect(history).to_contain_text(EVERY_CHECK_PASSED)
-                        # The Postgres table and its mirror share a label; the mirror is Delta.
-                        labelled = page.locator("svg foreignObject").filter(
-                            has=page.get_by_text(name, exact=True)
-                        )
-                        mirror = labelled.filter(has_text="delta").last
-                        expect(mirror).to_contain_text("Materialized")
-                        expect(mirror).to_contain_text(EVERY_CHECK_PASSED)
+            # And the lakehouse sync's drain: each history and mirror, with its checks.
+            for sync in spec.lakehouse_syncs:
+                for _, name in sync.tables:
+                    history = _node(page, dg.AssetKey([*sync.target_parts, f"lb_{name}_history"]))
+                    expect(history).to_contain_text("Materialized")
+                    expect(history).to_contain_text(EVERY_CHECK_PASSED)
+                    # The Postgres table and its mirror share a label; the mirror is Delta.
+                    labelled = page.locator("svg foreignObject").filter(
+                        has=page.get_by_text(name, exact=True)
+                    )
+                    mirror = labelled.filter(has_text="delta").last
+                    expect(mirror).to_contain_text("Materialized")
+                    expect(mirror).to_contain_text(EVERY_CHECK_PASSED)
 
-                profiles = _node(page, PROFILES)
-                source = Path(spec.lake_root).joinpath(*PROFILES_SOURCE)
-                _commit_one_more_row(source)
-                # Nobody clicks Observe: the daemon observes the new version on its own.
-                expect(profiles).to_contain_text("Unsynced")
+            profiles = _node(page, PROFILES)
+            source = Path(spec.lake_root).joinpath(*PROFILES_SOURCE)
+            _commit_one_more_row(source)
+            # Nobody clicks Observe: the daemon observes the new version on its own.
+            expect(profiles).to_contain_text("Unsynced")
 
-                synced = run_cli(demo_env, "sync", "lakebase.gold.user_profiles_synced")
-                assert synced.returncode == 0, synced.stdout + synced.stderr
-                expect(profiles).not_to_contain_text("Unsynced")
-                expect(profiles).to_contain_text(ALL_CHECKS_PASSED)
-                page.screenshot(path=str(tmp_path / "fresh-again.png"))
-            finally:
-                browser.close()
+            synced = run_cli(demo_env, "sync", "lakebase.gold.user_profiles_synced")
+            assert synced.returncode == 0, synced.stdout + synced.stderr
+            expect(profiles).not_to_contain_text("Unsynced")
+            expect(profiles).to_contain_text(ALL_CHECKS_PASSED)
+            page.screenshot(path=str(tmp_path / "fresh-again.png"))
     assert "will not be used to configure Dagster" not in server.log.read_text(errors="replace")
 
 
