@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from reverse_etl_assets.errors import SpecError, is_transient
+from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.postgres_to_delta import states
 from reverse_etl_assets.pipelines.postgres_to_delta.run import (
     LakehouseResult,
@@ -38,7 +38,7 @@ from reverse_etl_assets.postgres.lakehouse_state import (
     read_lakehouse_state,
     record_lakehouse_heartbeat,
 )
-from reverse_etl_assets.runtime.loop import Backoff, run_worker
+from reverse_etl_assets.runtime.loop import run_worker
 from reverse_etl_assets.spec import LakehouseSync
 
 log = logging.getLogger(__name__)
@@ -75,19 +75,11 @@ def follow_lakehouse(
             f"lakehouse sync {sync.name!r}: `follow` runs continuous lakehouse syncs, this one is "
             f"{sync.mode}; set `mode: continuous` (or use `reverse-etl sync {sync.name}`)"
         )
-    stop = stop or threading.Event()
-    started = time.monotonic()
-    first = _catch_up(sync, dsn, stop=stop, max_seconds=max_seconds)
-    if first is None:  # stopped before Postgres came back
-        return LakehouseFollowSummary(
-            name=sync.name, last_lsn=None, flushes=0, changes=0, reconnects=0,
-            seconds=time.monotonic() - started,
-        )  # fmt: skip
-    if on_flush is not None and first.path != "none":
-        on_flush(first)
-    worker = _Follower(sync, dsn, on_flush=on_flush, last_lsn=first.last_lsn)
+    worker = _Follower(sync, dsn, on_flush=on_flush)
     try:
-        seconds = run_worker(worker, stop=stop, max_seconds=max_seconds, idle_seconds=0.0)
+        seconds = run_worker(
+            worker, stop=stop or threading.Event(), max_seconds=max_seconds, idle_seconds=0.0
+        )
     except Exception as exc:
         record_failure(sync, dsn, exc)
         raise
@@ -101,25 +93,6 @@ def follow_lakehouse(
     )
 
 
-def _catch_up(
-    sync: LakehouseSync, dsn: str, *, stop: threading.Event, max_seconds: float | None
-) -> LakehouseResult | None:
-    """The snapshot when there is none, and a drain of what waits; Postgres unreachable or gone
-    meanwhile is waited out with backoff, as the streaming loop does (None: stopped first)."""
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    backoff = Backoff()
-    while not stop.is_set():
-        try:
-            return sync_lakehouse(sync, dsn)
-        except Exception as exc:
-            if not is_transient(exc) or (deadline is not None and time.monotonic() >= deadline):
-                raise
-            delay = backoff.next()
-            log.warning("%s: %s; retrying in %.1fs", sync.name, exc, delay)
-            stop.wait(delay)
-    return None
-
-
 class _Follower:
     """The streaming worker: has_more receives, apply lands and acknowledges."""
 
@@ -129,7 +102,6 @@ class _Follower:
         dsn: str,
         *,
         on_flush: Callable[[LakehouseResult], None] | None,
-        last_lsn: int | None,
     ) -> None:
         self.name = sync.name
         self.sync = sync
@@ -141,7 +113,8 @@ class _Follower:
         self.sessions = 0
         self.flushes = 0
         self.changes = 0
-        self.last_lsn = last_lsn
+        self.last_lsn: int | None = None
+        self.caught_up = False
         self.failed: dict[str, str] = {}
         self.next_beat = 0.0
         self.next_idle_ack = 0.0
@@ -151,6 +124,8 @@ class _Follower:
     def has_more(self) -> bool:
         """Connect when needed, finish a landing that completed, receive for a moment; True
         when a flush is due and no landing is under way."""
+        if not self.caught_up:
+            self._catch_up()
         if self.stream is None:
             self._open()
         assert self.stream is not None
@@ -198,6 +173,15 @@ class _Follower:
             self._abandon_landing()
             self._close_session()
             self.executor.shutdown(wait=True)
+
+    def _catch_up(self) -> None:
+        """Before streaming: the snapshot when there is none, and a drain of what waits. In the
+        loop, so Postgres gone meanwhile is waited out as during the stream."""
+        first = sync_lakehouse(self.sync, self.dsn)
+        self.caught_up = True
+        self.last_lsn = first.last_lsn
+        if self.on_flush is not None and first.path != "none":
+            self.on_flush(first)
 
     def _land(self, stream: ChangeStream, batch: Batch) -> tuple[Batch, Flushed, float]:
         started = time.monotonic()
