@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import polars as pl
 import psycopg
 import pyarrow as pa
@@ -115,3 +117,27 @@ def postgres_resources(dsn: str = "") -> dict[str, Any]:
         "postgres": PostgresTarget(dsn=dsn),
         "postgres_io_manager": PostgresTableIOManager(dsn=dsn),
     }
+
+
+def launch_run(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    request: dg.RunRequest,
+    *,
+    op: str,
+    **config: Any,
+) -> tuple[threading.Thread, list[Any]]:
+    """Run a sensor's requested run like a run worker would: in process, in a thread (its
+    result lands in the list); `config` is the config of op `op`."""
+    outcome: list[Any] = []
+    run_config = {"ops": {op: {"config": config}}}
+    thread = threading.Thread(
+        target=lambda: outcome.append(
+            job.execute_in_process(
+                instance=instance, tags=request.tags, run_config=run_config, raise_on_error=False
+            )
+        ),
+        daemon=True,
+    )
+    thread.start()
+    return thread, outcome

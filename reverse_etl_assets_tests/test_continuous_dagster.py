@@ -28,7 +28,7 @@ from reverse_etl_assets.pipelines.delta_to_postgres.status import table_status
 from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.settings import ENV_PG_DSN
 from reverse_etl_assets.spec import Spec
-from reverse_etl_assets_tests.helpers import spec_of, write_delta
+from reverse_etl_assets_tests.helpers import launch_run, spec_of, write_delta
 
 NAME = "lb.gold.followed"
 JOB = "follow__lb__gold__followed"
@@ -115,22 +115,7 @@ def test_sensor_starts_one_follower_and_restarts_it_after_it_dies(
             return result
 
         def launch(request: dg.RunRequest, **config: Any) -> tuple[threading.Thread, list[Any]]:
-            """Run the requested follower like a run worker would (in process, in a thread)."""
-            outcome: list[Any] = []
-            run_config = {"ops": {OP_CONFIG_KEY: {"config": config}}}
-            thread = threading.Thread(
-                target=lambda: outcome.append(
-                    job.execute_in_process(
-                        instance=instance,
-                        tags=request.tags,
-                        run_config=run_config,
-                        raise_on_error=False,
-                    )
-                ),
-                daemon=True,
-            )
-            thread.start()
-            return thread, outcome
+            return launch_run(job, instance, request, op=OP_CONFIG_KEY, **config)
 
         def runs() -> list[dg.DagsterRun]:
             return list(instance.get_runs(dg.RunsFilter(job_name=JOB)))

@@ -33,7 +33,7 @@ from reverse_etl_assets.orchestration.lakehouse_resource import LakehouseSyncRes
 from reverse_etl_assets.orchestration.lakehouse_translator import GROUP, POSTGRES_GROUP
 from reverse_etl_assets.settings import ENV_LAKE_ROOT, ENV_PG_DSN, ENV_SPEC
 from reverse_etl_assets.spec import Spec, load_spec, parse_spec
-from reverse_etl_assets_tests.helpers import postgres_resources, run_cli
+from reverse_etl_assets_tests.helpers import launch_run, postgres_resources, run_cli
 from reverse_etl_assets_tests.lakehouse_helpers import delta_rows, execute, postgres_frame
 
 ORDERS_PG = dg.AssetKey(["postgres", "app", "orders"])
@@ -452,22 +452,7 @@ def test_sensor_starts_a_lakehouse_follower_and_restarts_it_after_it_dies(
             return sensor.evaluate_tick(context)
 
         def launch(request: dg.RunRequest, **config: Any) -> tuple[threading.Thread, list[Any]]:
-            """Run the requested follower like a run worker would (in process, in a thread)."""
-            outcome: list[Any] = []
-            run_config = {"ops": {f"{job.name}__op": {"config": config}}}
-            thread = threading.Thread(
-                target=lambda: outcome.append(
-                    job.execute_in_process(
-                        instance=instance,
-                        tags=request.tags,
-                        run_config=run_config,
-                        raise_on_error=False,
-                    )
-                ),
-                daemon=True,
-            )
-            thread.start()
-            return thread, outcome
+            return launch_run(job, instance, request, op=f"{job.name}__op", **config)
 
         def runs() -> list[dg.DagsterRun]:
             return list(instance.get_runs(dg.RunsFilter(job_name=job.name)))
