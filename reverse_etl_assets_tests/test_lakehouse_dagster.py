@@ -336,25 +336,21 @@ def test_the_served_mirror_is_stale_exactly_when_the_mirror_moved_on(
     assert served.to_dicts() == postgres_frame(app_tables, "app.orders").to_dicts()
 
 
-def _dagster_home(tmp_path: Path) -> Path:
+def _dagster_home(tmp_path: Path, spec_path: Path, dsn: str) -> tuple[Path, dict[str, str]]:
+    """A DAGSTER_HOME, and the environment of a process run over the spec with it."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return home
+    env = {**os.environ, ENV_SPEC: str(spec_path), ENV_PG_DSN: dsn, "DAGSTER_HOME": str(home)}
+    env.pop(ENV_LAKE_ROOT, None)
+    return home, env
 
 
 @pytest.mark.slow
 def test_dagster_cli_drains_a_triggered_lakehouse_sync_once(
     tmp_path: Path, spec_path: Path, app_tables: str
 ) -> None:
-    home = _dagster_home(tmp_path)
-    env = {
-        **os.environ,
-        ENV_SPEC: str(spec_path),
-        ENV_PG_DSN: app_tables,
-        "DAGSTER_HOME": str(home),
-    }
-    env.pop(ENV_LAKE_ROOT, None)
+    home, env = _dagster_home(tmp_path, spec_path, app_tables)
 
     run = subprocess.run(
         [*DAGSTER_CLI, "--select", "key:bronze/app/*"],
@@ -379,14 +375,7 @@ def test_dagster_cli_drains_a_triggered_lakehouse_sync_once(
 def test_a_cli_sync_is_recorded_in_the_instance_and_closes_the_loop(
     tmp_path: Path, spec_path: Path, spec: Spec, app_tables: str
 ) -> None:
-    home = _dagster_home(tmp_path)
-    env = {
-        **os.environ,
-        ENV_SPEC: str(spec_path),
-        ENV_PG_DSN: app_tables,
-        "DAGSTER_HOME": str(home),
-    }
-    env.pop(ENV_LAKE_ROOT, None)
+    home, env = _dagster_home(tmp_path, spec_path, app_tables)
 
     drained = run_cli(env, "sync", "app")
     served = run_cli(env, "sync", "lakebase.serving.orders_synced")
