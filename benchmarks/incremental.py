@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from psycopg import sql
 
+from benchmarks import cpu
 from benchmarks.snapshot import (
     BENCH_DIR,
     ROOT,
@@ -154,18 +155,24 @@ def run(dsn: str, *, repeat: int) -> dict[str, Any]:
         commit_versions(scenario)
     files = {s.name: encode_ceiling_files(s) for s in (SMALL, LARGE)}
 
-    runs: dict[str, list[Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    postmaster = cpu.postmaster_pid(dsn)
 
     def ceiling(scenario: Scenario) -> None:
         restore_postgres_state(dsn, into=CEILING, with_state=False)
         changes, deletes, _ = files[scenario.name]
-        seconds = time_ceiling(dsn, changes, deletes)
-        runs.setdefault(f"{scenario.name} ceiling", []).append(seconds)
+        with cpu.measured(postmaster) as used:
+            seconds = time_ceiling(dsn, changes, deletes)
+        run = {"seconds": seconds, "cpu": asdict(used)}
+        runs.setdefault(f"{scenario.name} ceiling", []).append(run)
         print(f"  {scenario.name} ceiling: {seconds:.2f} s", flush=True)
 
     def sync(scenario: Scenario, label: str, **options: Any) -> None:
         restore_postgres_state(dsn, into=TABLE, with_state=True)
-        result = time_sync(dsn, scenario.source, **options)
+        with cpu.measured(postmaster) as used:
+            result = time_sync(dsn, scenario.source, **options)
+        used.client = result["cpu_seconds"]  # the timed part only, not the interpreter's start
+        result["cpu"] = asdict(used)
         runs.setdefault(f"{scenario.name} {label}", []).append(result)
         print(
             f"  {scenario.name} {label}: {result['seconds']:.2f} s ({result['path']}, "
@@ -356,11 +363,12 @@ def sync_once(source: Path, *, threshold: float | None, full_refresh: bool) -> N
     """The child: one sync, printed as a JSON line."""
     from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     table = synced_table(source, threshold=threshold)
     result = sync_table(table, settings.pg_dsn(), full_refresh=full_refresh)
     report = {
         "seconds": time.monotonic() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
         "path": result.path,
         "changes": result.changes,
         "reason": result.reason,
@@ -375,7 +383,7 @@ def print_results(r: dict[str, Any]) -> None:
     runs = r["runs"]
 
     def seconds(label: str) -> float:
-        return statistics.median(x if isinstance(x, float) else x["seconds"] for x in runs[label])
+        return statistics.median(x["seconds"] for x in runs[label])
 
     def rss(label: str) -> float:
         return max(x["peak_rss_mb"] for x in runs[label])
@@ -414,9 +422,21 @@ def print_results(r: dict[str, Any]) -> None:
           f"{large_ceiling / large:.2f} x ceiling")  # fmt: skip
     print(f"    peak RSS {rss('4x forced incremental'):.0f} MB = {flat:.2f} x the 11% range's "
           f"(flat, goal <= {FLAT_TOLERANCE}: {_met(flat <= FLAT_TOLERANCE)})")  # fmt: skip
+    _print_cpu(runs)
     print(f"verify after sync: {r['verify_seconds']:.2f} s = {r['verify_to_snapshot']:.2f} x a "
           f"snapshot sync of the same table ({r['snapshot_sync_seconds']:.2f} s)")  # fmt: skip
     print(f"results written to {RESULTS.relative_to(ROOT)}")
+
+
+def _print_cpu(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """CPU-seconds of the ceilings and the syncs beside them (medians)."""
+    print(f"CPU-seconds (medians; server: Postgres; client: psql, or the sync's own process after "
+          f"its imports), {os.cpu_count()} cores:")  # fmt: skip
+    for label in ("11% ceiling", "11% default", "4x ceiling", "4x forced incremental"):
+        servers = [x["cpu"]["server"] for x in runs[label] if x["cpu"]["server"] is not None]
+        server = f"{statistics.median(servers):.2f}" if servers else "n/a"
+        client = statistics.median(x["cpu"]["client"] for x in runs[label])
+        print(f"    {label}: server {server}, client {client:.2f}")
 
 
 NOISE = " (the same path: the gap is the plan's few reads of the log and run-to-run noise)"

@@ -29,6 +29,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
+from benchmarks import cpu
 from reverse_etl_assets import settings
 from reverse_etl_assets.delta.reader import open_source, read_batches
 from reverse_etl_assets.postgres import binary_copy, ddl
@@ -194,21 +195,38 @@ def checkpoint(dsn: str) -> None:
 
 
 def measure_size(dsn: str, rows: int, *, repeat: int) -> dict[str, Any]:
-    """Both ceilings, sync and verify of the `rows` table, `repeat` times each, alternating."""
+    """Both ceilings, sync and verify of the `rows` table, `repeat` times each, alternating;
+    each with the CPU-seconds it cost the server and the client."""
     workers = connections_for(rows, synced_table(rows).max_connections)
     copy_file = BENCH_DIR / "ceiling.copy"
     part_files = [BENCH_DIR / f"ceiling-part{i}.copy" for i in range(workers)]
+    postmaster = cpu.postmaster_pid(dsn)
     ceiling: list[float] = []
     parallel: list[float] = []
     syncs: list[dict[str, Any]] = []
     verifies: list[dict[str, Any]] = []
+    cpus: dict[str, list[cpu.Cpu]] = {step: [] for step in CPU_STEPS}
+
+    def child(flag: str, step: str) -> dict[str, Any]:
+        checkpoint(dsn)  # the previous step's dirty pages are flushed outside this one
+        with cpu.measured(postmaster) as used:
+            result = time_child(dsn, flag, rows)
+        used.client = result["cpu_seconds"]  # the timed part only, not the interpreter's start
+        cpus[step].append(used)
+        return result
+
     try:
         columns = encode_ceiling_files(rows, copy_file, part_files)
         for attempt in range(1, repeat + 1):
-            ceiling.append(time_ceiling(dsn, [copy_file], columns))
-            parallel.append(time_ceiling(dsn, part_files, columns))
-            syncs.append(time_child(dsn, "--sync-child", rows))
-            verifies.append(time_child(dsn, "--verify-child", rows))
+            for files, times, step in ((
+                ([copy_file], ceiling, "ceiling"), (part_files, parallel, "parallel ceiling")
+            )):  # fmt: skip
+                checkpoint(dsn)  # the previous step's dirty pages are flushed outside this one
+                with cpu.measured(postmaster) as used:
+                    times.append(time_ceiling(dsn, files, columns))
+                cpus[step].append(used)
+            syncs.append(child("--sync-child", "snapshot sync"))
+            verifies.append(child("--verify-child", "verify"))
             print(
                 f"  {rows:,} rows, run {attempt}: ceiling {ceiling[-1]:.2f} s, "
                 f"{workers}-connection ceiling {parallel[-1]:.2f} s, "
@@ -233,6 +251,7 @@ def measure_size(dsn: str, rows: int, *, repeat: int) -> dict[str, Any]:
         "parallel_ceiling_seconds": statistics.median(parallel),
         "sync_seconds": statistics.median(s["seconds"] for s in syncs),
         "verify_seconds": statistics.median(v["seconds"] for v in verifies),
+        "cpu_seconds": {step: _median_cpu(used) for step, used in cpus.items()},
         # Memory is the steadier figure: report the worst run.
         "peak_rss_mb": max(s["peak_rss_mb"] for s in syncs),
         "import_rss_mb": max(s["import_rss_mb"] for s in syncs),
@@ -242,6 +261,17 @@ def measure_size(dsn: str, rows: int, *, repeat: int) -> dict[str, Any]:
         "sync_runs": [s["seconds"] for s in syncs],
         "verify_runs": [v["seconds"] for v in verifies],
         "peak_rss_runs": [s["peak_rss_mb"] for s in syncs],
+    }
+
+
+CPU_STEPS = ("ceiling", "parallel ceiling", "snapshot sync", "verify")
+
+
+def _median_cpu(runs: list[cpu.Cpu]) -> dict[str, float | None]:
+    servers = [r.server for r in runs if r.server is not None]
+    return {
+        "server": statistics.median(servers) if servers else None,
+        "client": statistics.median(r.client for r in runs),
     }
 
 
@@ -316,12 +346,13 @@ def sync_once(rows: int) -> None:
 
     table = synced_table(rows)
     import_rss = _peak_rss_mb()
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     result = sync_table(table, settings.pg_dsn(), full_refresh=True)
     seconds = time.monotonic() - started
     report = {
         "rows": result.rows,
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu_started,
         "peak_rss_mb": _peak_rss_mb(),
         "import_rss_mb": import_rss,
     }
@@ -333,14 +364,16 @@ def verify_once(rows: int) -> None:
     from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 
     table = synced_table(rows)
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     result = verify_table(table, settings.pg_dsn())
     seconds = time.monotonic() - started
-    print(
-        json.dumps(
-            {"seconds": seconds, "equal": result.content_matches, "peak_rss_mb": _peak_rss_mb()}
-        )
-    )
+    report = {
+        "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "equal": result.content_matches,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    print(json.dumps(report))
 
 
 def _peak_rss_mb() -> float:
@@ -450,6 +483,7 @@ def print_results(results: dict[str, Any]) -> None:
             f"({f['verify_seconds']:.2f} s / {f['sync_seconds']:.2f} s); snapshot / parallel "
             f"ceiling = {f['parallel_ratio']:.2f}"
         )
+    _print_cpu(results["sizes"])
     goals = results["goals"]
     print(
         f"\ngoals: ratio >= {GOAL_RATIO}: {_verdict(goals['ratio'])}; "
@@ -458,6 +492,37 @@ def print_results(results: dict[str, Any]) -> None:
         f"peak RSS <= {GOAL_RSS_MB} MB: {_verdict(goals['peak_rss_mb'])}; "
         f"peak RSS flat as rows grow 4x: {_verdict(goals['flat_rss'])}"
     )
+
+
+def _print_cpu(sizes: list[dict[str, Any]]) -> None:
+    """CPU-seconds per step, and what they allow on this machine's cores at best."""
+    cores = os.cpu_count() or 1
+    print(f"\nCPU-seconds (medians; server: Postgres; client: psql, or the sync's own process "
+          f"after its imports), {cores} cores:")  # fmt: skip
+    print(f"{'':<24}{'rows':>11}{'server':>9}{'client':>9}{'floor s':>9}{'seconds':>9}")
+    timed = {
+        "ceiling": "ceiling_seconds",
+        "parallel ceiling": "parallel_ceiling_seconds",
+        "snapshot sync": "sync_seconds",
+        "verify": "verify_seconds",
+    }
+    for f in sizes:
+        for step, used in f["cpu_seconds"].items():
+            server = "n/a" if used["server"] is None else f"{used['server']:.2f}"
+            floor = cpu.floor_seconds(cpu.Cpu(used["server"], used["client"]))
+            print(f"{step:<24}{f['rows']:>11,}{server:>9}{used['client']:>9.2f}{floor:>9.2f}"
+                  f"{f[timed[step]]:>9.2f}")  # fmt: skip
+    print("floor: server and client CPU-seconds spread over every core, the least wall time "
+          "they fit in")  # fmt: skip
+    for f in sizes:
+        used = f["cpu_seconds"]
+        if used["snapshot sync"]["server"] is None:
+            continue
+        sync_floor = cpu.floor_seconds(cpu.Cpu(**used["snapshot sync"]))
+        verify_floor = cpu.floor_seconds(cpu.Cpu(**used["verify"]))
+        print(f"{f['rows']:,} rows, at best on {cores} cores: snapshot / parallel ceiling <= "
+              f"{f['parallel_ceiling_seconds'] / sync_floor:.2f}; verify / snapshot sync >= "
+              f"{verify_floor / f['sync_seconds']:.2f}")  # fmt: skip
 
 
 def _verdict(goal: dict[str, Any]) -> str:
