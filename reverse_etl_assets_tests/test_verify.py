@@ -10,6 +10,7 @@ import datetime
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -204,6 +205,9 @@ def every_type_source() -> pa.Table:
         ("UPDATE gold.items_synced SET d18 = d18 - 1 WHERE id = 2", "changed", 2),
         ("UPDATE gold.items_synced SET f8 = NULL WHERE id = 0", "changed", 0),
         ("UPDATE gold.items_synced SET f4 = 'NaN' WHERE id = 5", "changed", 5),
+        # A numeric NaN, which only Postgres can hold; d18 is NULL in the source at id 7.
+        ("UPDATE gold.items_synced SET d10 = 'NaN' WHERE id = 1", "changed", 1),
+        ("UPDATE gold.items_synced SET d18 = 'NaN' WHERE id = 7", "changed", 7),
         ("UPDATE gold.items_synced SET s = NULL WHERE id = 0", "changed", 0),
         ("UPDATE gold.items_synced SET ls = ls || ' ' WHERE id = 6", "changed", 6),
         ("UPDATE gold.items_synced SET bin = '\\x00' WHERE id = 1", "changed", 1),
@@ -352,3 +356,20 @@ def test_verify_reports_an_infinite_date_or_timestamp_as_a_change(
         Difference(kind="changed", key={"id": 1}),
         Difference(kind="changed", key={"id": 2}),
     )
+
+
+def test_verify_reports_a_row_with_a_numeric_nan_key_as_extra(tmp_path: Path, pg_dsn: str) -> None:
+    """A NaN key, which only Postgres can hold, is an extra row, not a failed comparison."""
+    source = pa.table(
+        {
+            "id": pa.array([Decimal("1.50"), Decimal("2.25")], pa.decimal128(10, 2)),
+            "v": ["a", "b"],
+        }
+    )
+    write_delta(tmp_path / "src", source)
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])
+    sync_table(table, pg_dsn)
+    tamper(pg_dsn, "INSERT INTO gold.items_synced VALUES ('NaN', 'x')")
+    dirty = verify_table(table, pg_dsn)
+    assert not dirty.rows_match
+    assert [(d.kind, str(d.key["id"])) for d in dirty.differences] == [("extra", "NaN")]

@@ -9,29 +9,39 @@ as jsonb.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
 import pyarrow as pa
-from psycopg import sql
+from psycopg import errors, sql
 
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.transform import pg_hash
 from reverse_etl_assets.transform.buckets import HASH_MODULUS, BucketFingerprints, Fingerprint
 
 
-def _element(column: PgColumn) -> sql.Composable:
-    """The column as the row hash takes it (see `pg_hash.hash_form`)."""
+def _element(column: PgColumn, *, guarded: bool = False) -> sql.Composable:
+    """The column as the row hash takes it (see `pg_hash.hash_form`). `guarded`: a numeric
+    NaN, which no bigint holds, is NULL instead of failing the query."""
     name = sql.Identifier(column.name)
     form = pg_hash.hash_form(column)
     if form == "text":
         return sql.SQL("{}::text").format(name)
     if form == "scaled":
         factor = sql.Literal(10 ** pg_hash.numeric_scale(column))
+        if guarded:
+            return sql.SQL("(CASE WHEN {n} {finite} THEN {n} * {f} END)::bigint").format(
+                n=name, finite=_FINITE, f=factor
+            )
         return sql.SQL("({} * {})::bigint").format(name, factor)
     return name
+
+
+# True for every value a numeric(p <= 18) column holds but NaN (which sorts above every number;
+# a numeric with a precision cannot hold an infinity).
+_FINITE = sql.SQL("BETWEEN -1e18 AND 1e18")
 
 
 # Each column type's extended hash function, called with the value and a seed. Dates and
@@ -59,8 +69,11 @@ _HASH_FUNCTIONS = {
 }
 
 
-def column_hash(column: PgColumn, seed: int) -> sql.Composed:
-    """The column's own extended hash with `seed`, in its `pg_hash.hash_form`; NULL hashes to 0."""
+def column_hash(column: PgColumn, seed: int, *, guarded: bool = False) -> sql.Composed:
+    """The column's own extended hash with `seed`, in its `pg_hash.hash_form`; NULL hashes to 0.
+
+    `guarded`: a numeric NaN in a numeric(p <= 18) column, which only Postgres can hold (typed
+    in by hand), is hashed as text instead of failing the query: its row differs."""
     form = pg_hash.hash_form(column)
     if form == "value":
         template = _HASH_FUNCTIONS[column.ddl]
@@ -68,11 +81,21 @@ def column_hash(column: PgColumn, seed: int) -> sql.Composed:
         template = _HASH_FUNCTIONS["bigint"]
     else:
         template = _HASH_FUNCTIONS["text"]
-    hashed = sql.SQL(template).format(v=_element(column), s=sql.Literal(seed))
+    seed_literal = sql.Literal(seed)
+    hashed = sql.SQL(template).format(v=_element(column), s=seed_literal)
+    if guarded and form == "scaled":
+        hashed = sql.SQL("CASE WHEN {v} {finite} THEN {h} ELSE {text} END").format(
+            v=sql.Identifier(column.name),
+            finite=_FINITE,
+            h=hashed,
+            text=sql.SQL(_HASH_FUNCTIONS["text"]).format(
+                v=sql.SQL("{}::text").format(sql.Identifier(column.name)), s=seed_literal
+            ),
+        )
     return sql.SQL("coalesce({}, 0)").format(hashed)
 
 
-def row_hash(columns: Sequence[PgColumn]) -> sql.Composed:
+def row_hash(columns: Sequence[PgColumn], *, guarded: bool = False) -> sql.Composed:
     """hashint8extended(h1 # h2 # ... # hn, 0): column i's own hash seeded with i (NULL: 0),
     XORed, then hashed once more as a bigint.
 
@@ -84,20 +107,24 @@ def row_hash(columns: Sequence[PgColumn]) -> sql.Composed:
     0.0 and NULL differ.
     """
     return sql.SQL("hashint8extended({}, 0)").format(
-        sql.SQL(" # ").join(column_hash(c, seed) for seed, c in enumerate(columns, start=1))
+        sql.SQL(" # ").join(
+            column_hash(c, seed, guarded=guarded) for seed, c in enumerate(columns, start=1)
+        )
     )
 
 
-def key_hash(key_columns: Sequence[PgColumn]) -> sql.Composed:
+def key_hash(key_columns: Sequence[PgColumn], *, guarded: bool = False) -> sql.Composed:
     """hash_record_extended of the key columns, in key order."""
-    elements = sql.SQL(", ").join(_element(c) for c in key_columns)
+    elements = sql.SQL(", ").join(_element(c, guarded=guarded) for c in key_columns)
     return sql.SQL("hash_record_extended(ROW({}), 0)").format(elements)
 
 
-def total_query(relation: sql.Composable, columns: Sequence[PgColumn]) -> sql.Composed:
+def total_query(
+    relation: sql.Composable, columns: Sequence[PgColumn], *, guarded: bool = False
+) -> sql.Composed:
     """Row count and the sum of the row hashes of the whole relation."""
     return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {r}").format(
-        h=row_hash(columns), r=relation
+        h=row_hash(columns, guarded=guarded), r=relation
     )
 
 
@@ -106,10 +133,15 @@ def bucket_query(
     columns: Sequence[PgColumn],
     key_columns: Sequence[PgColumn],
     buckets: int,
+    *,
+    guarded: bool = False,
 ) -> sql.Composed:
     """Per key bucket (key hash modulo `buckets`, a power of two): row count and hash sum."""
     return sql.SQL("SELECT {k} & {mask}, count(*), sum({h}) FROM {r} GROUP BY 1").format(
-        k=key_hash(key_columns), mask=sql.Literal(buckets - 1), h=row_hash(columns), r=relation
+        k=key_hash(key_columns, guarded=guarded),
+        mask=sql.Literal(buckets - 1),
+        h=row_hash(columns, guarded=guarded),
+        r=relation,
     )
 
 
@@ -118,12 +150,14 @@ def bucket_rows_query(
     columns: Sequence[PgColumn],
     key_columns: Sequence[PgColumn],
     buckets: int,
+    *,
+    guarded: bool = False,
 ) -> sql.Composed:
     """Key hash, row hash and key values of the rows in the buckets passed as parameter 1."""
     keys = sql.SQL(", ").join(sql.Identifier(c.name) for c in key_columns)
     return sql.SQL("SELECT {k}, {h}, {keys} FROM {r} WHERE {k} & {mask} = ANY(%s)").format(
-        k=key_hash(key_columns),
-        h=row_hash(columns),
+        k=key_hash(key_columns, guarded=guarded),
+        h=row_hash(columns, guarded=guarded),
         keys=keys,
         r=relation,
         mask=sql.Literal(buckets - 1),
@@ -156,8 +190,7 @@ def read_total(
     conn: psycopg.Connection, relation: sql.Composable, columns: Sequence[PgColumn]
 ) -> Fingerprint:
     """Run `total_query`."""
-    found = conn.execute(total_query(relation, columns)).fetchone()
-    assert found is not None
+    found = _fetch(conn, lambda guarded: total_query(relation, columns, guarded=guarded))[0]
     return Fingerprint(rows=int(found[0]), total=int(found[1]) % HASH_MODULUS)
 
 
@@ -170,9 +203,10 @@ def read_buckets(
 ) -> BucketFingerprints:
     """Run `bucket_query`: every bucket's fingerprint."""
     found = BucketFingerprints(buckets)
-    for bucket, rows, total in conn.execute(
-        bucket_query(relation, columns, key_columns, buckets)
-    ).fetchall():
+    for bucket, rows, total in _fetch(
+        conn,
+        lambda guarded: bucket_query(relation, columns, key_columns, buckets, guarded=guarded),
+    ):
         found.counts[bucket] = rows
         found.sums[bucket] = int(total) % HASH_MODULUS
     return found
@@ -187,8 +221,11 @@ def read_bucket_rows(
     wanted: Sequence[int],
 ) -> list[tuple[int, int, dict[str, Any]]]:
     """Run `bucket_rows_query`: (key hash, row hash, key values) of each row of `wanted`."""
-    query = bucket_rows_query(relation, columns, key_columns, buckets)
-    rows = conn.execute(query, (list(wanted),)).fetchall()
+    rows = _fetch(
+        conn,
+        lambda guarded: bucket_rows_query(relation, columns, key_columns, buckets, guarded=guarded),
+        (list(wanted),),
+    )
     names = [c.name for c in key_columns]
     return [
         (
@@ -198,3 +235,17 @@ def read_bucket_rows(
         )
         for k, h, *values in rows
     ]
+
+
+def _fetch(
+    conn: psycopg.Connection,
+    query: Callable[[bool], sql.Composed],
+    params: tuple[Any, ...] | None = None,
+) -> list[tuple[Any, ...]]:
+    """The rows of `query(guarded)`: first unguarded (the guard against a numeric NaN costs
+    every row), again guarded only when one failed the query."""
+    try:
+        with conn.transaction():
+            return conn.execute(query(False), params).fetchall()
+    except errors.FeatureNotSupported:  # "cannot convert NaN to bigint"
+        return conn.execute(query(True), params).fetchall()
