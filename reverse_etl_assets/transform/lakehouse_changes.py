@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 CHANGE_TYPE = "_pg_change_type"
 LSN = "_pg_lsn"
@@ -71,6 +72,14 @@ def unfilled_keys(frame: pa.Table, key_columns: Sequence[str]) -> pa.Table:
     )
     found = pl.concat([partial.select(keys), olds.select(keys)]).unique(maintain_order=True)
     return found.to_arrow().cast(frame.select(keys).schema)
+
+
+def unchanged_columns(frame: pa.Table) -> list[str]:
+    """The table columns some postimage of `frame` left unsent (named in `_pg_unchanged`)."""
+    if UNCHANGED not in frame.column_names:
+        return []
+    named = set(pc.list_flatten(frame[UNCHANGED]).drop_null().to_pylist())
+    return [c for c in table_columns(frame) if c in named]
 
 
 def fill_unchanged(

@@ -38,6 +38,7 @@ from reverse_etl_assets.transform.lakehouse_changes import (
     fill_unchanged,
     history_rows,
     mirror_changes,
+    unchanged_columns,
     unfilled_keys,
 )
 
@@ -325,8 +326,10 @@ class ChangeStream:
         if keys and self.sync.mirror:
             unfilled = unfilled_keys(frame, keys)
             if unfilled.num_rows:  # unchanged TOAST values the batch itself cannot fill
+                # The mirror's values of exactly the columns left unsent: without them the
+                # prior rows carry keys only and nothing gets filled.
                 prior = writer.lookup_rows(
-                    mirror_uri, keys, unfilled, columns=None,
+                    mirror_uri, keys, unfilled, columns=unchanged_columns(frame),
                     storage_options=self.sync.storage_options,
                 )  # fmt: skip
         filled = fill_unchanged(frame, keys, prior=prior) if keys else frame
