@@ -266,6 +266,29 @@ def test_fill_follows_a_key_change() -> None:
     assert by_key(mirror_changes(f, ["id"]))[3]["doc"] == "BIG"
 
 
+def test_fill_never_takes_the_value_of_a_row_deleted_before() -> None:
+    # key 3 is deleted, then a row moves onto it through a chain of key changes (1 → 2 → 3):
+    # its value is the moved row's, never the deleted row's
+    events = [
+        {"t": "insert", "lsn": 100, "seq": 0, "id": 3, "doc": "DELETED"},
+        {"t": "delete", "lsn": 200, "seq": 0, "id": 3},
+        {"t": "insert", "lsn": 200, "seq": 1, "id": 1, "doc": "MOVED"},
+        {"t": "update_preimage", "lsn": 300, "seq": 0, "id": 1},
+        {"t": "update_postimage", "lsn": 300, "seq": 0, "id": 2, "u": ["doc"]},
+        {"t": "update_preimage", "lsn": 300, "seq": 1, "id": 2},
+        {"t": "update_postimage", "lsn": 300, "seq": 1, "id": 3, "u": ["doc"]},
+    ]
+    f = frame(events)
+    history = fill_unchanged(f, ["id"], prior=None)
+    assert history.column("doc").to_pylist()[-1] == "MOVED"
+    assert by_key(mirror_changes(f, ["id"]))[3]["doc"] == "MOVED"
+    # the moved row's value unknown to the frame: it stays unknown, not the deleted row's
+    unknown = frame([*events[:2], *events[5:]])
+    filled = fill_unchanged(unknown, ["id"], prior=None)
+    assert filled.column("doc").to_pylist()[-1] is None
+    assert filled.column("_pg_unchanged").to_pylist()[-1] == ["doc"]
+
+
 def test_fill_from_prior_mirror_rows() -> None:
     f = frame(
         [

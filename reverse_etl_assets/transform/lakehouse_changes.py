@@ -28,6 +28,8 @@ KEEP_PREFIX = "_keep_"
 _ORD = "__ord"
 _RANK = "__rank"
 _PRIOR = "__prior"
+_LIFE = "__life"
+_HAS_PRE = "__has_pre"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,8 +198,12 @@ def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataF
 
     An unchanged TOAST value is never NULL (NULLs are not TOASTed), so any non-null value an event
     carries for the column is the value as of that event, and a null means "not carried" (a
-    DEFAULT preimage or delete holds only the key). Each round is vectorised; more than one round
-    is needed only for chains of key changes inside the frame (A→B then B→C).
+    DEFAULT preimage or delete holds only the key). Values carry only within one life of a key:
+    an insert, or an update that moves a row to the key, starts one (a delete, a truncate or a
+    move away ends the last), so a row never inherits the value of a row deleted before it. An
+    update with a preimage takes the value from the preimage's side only: after a key change the
+    new key's earlier carriers belong to a row that no longer exists. Each round is vectorised;
+    more than one round is needed only for chains of key changes inside the frame (A→B, B→C).
     """
     df = df.with_columns(
         (
@@ -208,17 +214,29 @@ def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataF
     )
     pre = pl.col(CHANGE_TYPE) == "update_preimage"
     post = pl.col(CHANGE_TYPE) == "update_postimage"
+    old_keys = df.filter(pre).select(
+        LSN, SEQ, *[pl.col(k).alias(f"__old_{k}") for k in keys], pl.lit(True).alias(_HAS_PRE)
+    )
+    df = df.join(old_keys, on=[LSN, SEQ], how="left", maintain_order="left")
+    moved = post & ~pl.all_horizontal(pl.col(k).eq_missing(pl.col(f"__old_{k}")) for k in keys)
+    starts = (pl.col(CHANGE_TYPE) == "insert") | (moved & pl.col(_HAS_PRE).fill_null(False))
+    df = df.with_columns(
+        starts.cast(pl.Int64).cum_sum().over(keys).alias(_LIFE),
+        (post & pl.col(_HAS_PRE).fill_null(False)).alias(_HAS_PRE),
+    ).drop(*[f"__old_{k}" for k in keys])
     for _ in range(df.height + 1):
-        # latest value the key carried up to this row (a row still missing carries null)
+        # latest value the key carried in this life up to this row (a missing row carries null)
         ff = df.with_columns(
-            pl.col(c).forward_fill().over(keys).alias(f"__ff_{c}") for c in columns
+            pl.col(c).forward_fill().over([*keys, _LIFE]).alias(f"__ff_{c}") for c in columns
         )
         from_pre = ff.filter(pre).select(
             LSN, SEQ, *[pl.col(f"__ff_{c}").alias(f"__pre_{c}") for c in columns]
         )
         step = ff.join(from_pre, on=[LSN, SEQ], how="left", maintain_order="left").with_columns(
             pl.when(pl.col(_missing(c)) & post)
-            .then(pl.coalesce(pl.col(f"__pre_{c}"), pl.col(f"__ff_{c}")))
+            .then(
+                pl.when(pl.col(_HAS_PRE)).then(pl.col(f"__pre_{c}")).otherwise(pl.col(f"__ff_{c}"))
+            )
             .otherwise(pl.col(c))
             .alias(c)
             for c in columns
@@ -232,7 +250,7 @@ def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataF
         df = step
         if not progressed:
             break
-    return df
+    return df.drop(_LIFE, _HAS_PRE)
 
 
 def _events(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
