@@ -76,3 +76,73 @@ def test_replica_identity_nothing_stops_a_named_table_too(pg_dsn: str, tmp_path:
     with pytest.raises(SpecError, match="REPLICA IDENTITY NOTHING"):
         sync_lakehouse(lakehouse_sync(tmp_path), pg_dsn)
     execute(pg_dsn, "INSERT INTO orders VALUES (1, 'a')", "UPDATE orders SET v = 'b'")
+
+
+CRASH = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from reverse_etl_assets.delta import writer
+    from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
+    from reverse_etl_assets.pipelines.postgres_to_delta.run import sync_lakehouse
+    from reverse_etl_assets_tests.lakehouse_helpers import lakehouse_sync
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if sys.argv[1] == "before-mirror":  # the history has committed, the mirror not yet
+        writer.merge_changes = die
+    else:  # both have committed; the slot is not acknowledged
+        ChangeStream.acknowledge = die
+    sync_lakehouse(lakehouse_sync(Path(sys.argv[3]), tables=["public.docs"]), sys.argv[2])
+    """
+)
+BIG = "(SELECT string_agg(md5(i::text || {}), '') FROM generate_series(1, 100) i)"
+
+
+@pytest.mark.parametrize("point", ["before-mirror", "before-acknowledgement"])
+def test_kill_9_after_a_delta_commit_lands_each_change_exactly_once(
+    pg_dsn: str, tmp_path: Path, point: str
+) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text)",
+        "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",
+        f"INSERT INTO docs SELECT g, 't', {BIG.format('g')} FROM generate_series(1, 3) g",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.docs"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        f"INSERT INTO docs VALUES (4, 'new', {BIG.format('4')})",
+        "UPDATE docs SET title = 'body unchanged' WHERE id = 1",
+        "UPDATE docs SET id = 10 WHERE id = 2",
+        "DELETE FROM docs WHERE id = 3",
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH, point, pg_dsn, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    execute(pg_dsn, "UPDATE docs SET title = 'after the crash' WHERE id = 10")
+    again = sync_lakehouse(sync, pg_dsn)
+    assert again.changes == {"update_postimage": 1}  # only what came after the crash
+    assert delta_rows(sync.mirror_uri("docs")) == rows_of(pg_dsn, "docs")
+    rows = history(sync.history_uri("docs"))[3:]
+    assert [(r["id"], r["_pg_change_type"]) for r in rows] == [
+        (4, "insert"),
+        (1, "update_postimage"),
+        (2, "update_preimage"),
+        (10, "update_postimage"),
+        (3, "delete"),
+        (10, "update_postimage"),
+    ]
+    bodies = {r["id"]: r["body"] for r in rows_of(pg_dsn, "docs")}
+    images = [r for r in rows if r["_pg_change_type"] in ("insert", "update_postimage")]
+    assert [(r["id"], r["body"] == bodies[r["id"]]) for r in images] == [
+        (r["id"], True) for r in images
+    ]  # every image whole: never a NULL placeholder

@@ -314,6 +314,22 @@ def test_fill_from_prior_mirror_rows() -> None:
     assert history.num_rows == f.num_rows
 
 
+def test_prior_mirror_rows_count_from_the_mirrors_version() -> None:
+    # a replay after a crash: the mirror holds the key change at 100 already (row 10 has the
+    # value); the update at 200 takes it from there
+    f = frame(
+        [
+            {"t": "update_preimage", "lsn": 100, "seq": 0, "id": 2},
+            {"t": "update_postimage", "lsn": 100, "seq": 0, "id": 10, "u": ["doc"]},
+            {"t": "update_postimage", "lsn": 200, "seq": 0, "id": 10, "name": "b", "u": ["doc"]},
+        ]
+    )
+    prior = pa.table({"id": pa.array([10], pa.int64()), "doc": ["BIG"]})
+    history = fill_unchanged(f, ["id"], prior=prior, prior_lsn=100)
+    assert history.column("doc").to_pylist() == [None, None, "BIG"]
+    assert history.column("_pg_unchanged").to_pylist() == [None, ["doc"], None]
+
+
 def test_fill_unchanged_without_toast_returns_frame() -> None:
     f = frame([{"t": "insert", "lsn": 1, "seq": 0, "id": 1, "doc": "x"}])
     assert fill_unchanged(f, ["id"], prior=None).equals(f)

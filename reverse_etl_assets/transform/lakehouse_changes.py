@@ -29,6 +29,7 @@ _ORD = "__ord"
 _RANK = "__rank"
 _PRIOR = "__prior"
 _LIFE = "__life"
+_LAST_SEQ = 2**31 - 1  # after every change of a transaction
 _HAS_PRE = "__has_pre"
 
 
@@ -85,13 +86,19 @@ def unchanged_columns(frame: pa.Table) -> list[str]:
 
 
 def fill_unchanged(
-    frame: pa.Table, key_columns: Sequence[str], *, prior: pa.Table | None
+    frame: pa.Table,
+    key_columns: Sequence[str],
+    *,
+    prior: pa.Table | None,
+    prior_lsn: int | None = None,
 ) -> pa.Table:
     """Fill unchanged-TOAST values of postimages; `_pg_unchanged` keeps only what stays unknown.
 
     Sources, in order: (a) the preimage of the same change (REPLICA IDENTITY FULL), (b) the latest
     earlier event of the same key in the frame that carried the value (following key changes),
-    (c) `prior`: the current mirror rows for the keys concerned (see `unfilled_keys`).
+    (c) `prior`: the current mirror rows for the keys concerned (see `unfilled_keys`), as of
+    `prior_lsn` (the mirror's version: the frame's changes up to it are in those rows already;
+    None: before every change of the frame).
     Returns the rows in the frame's order with the frame's schema.
     """
     df = _sorted(frame)
@@ -99,7 +106,7 @@ def fill_unchanged(
     if not columns:
         return frame
     if prior is not None and prior.num_rows:
-        df = _with_prior(df, prior, key_columns, columns)
+        df = _with_prior(df, prior, key_columns, columns, lsn=prior_lsn)
     df = _fill(df, list(key_columns), columns)
     if _PRIOR in df.columns:
         df = df.filter(~pl.col(_PRIOR)).drop(_PRIOR)
@@ -174,23 +181,31 @@ def _missing_names(columns: Sequence[str]) -> list[str]:
 
 
 def _with_prior(
-    df: pl.DataFrame, prior: pa.Table, key_columns: Sequence[str], columns: Sequence[str]
+    df: pl.DataFrame,
+    prior: pa.Table,
+    key_columns: Sequence[str],
+    columns: Sequence[str],
+    *,
+    lsn: int | None,
 ) -> pl.DataFrame:
-    """Prepend the prior mirror rows as carrier events placed before every change of the frame."""
+    """Add the prior mirror rows as carrier events, each starting a life of its key, placed
+    after the frame's changes up to `lsn` (a replayed change the mirror holds already must not
+    come after them) and before the rest."""
     usable = [c for c in columns if c in prior.column_names]
     prior_df = pl.from_arrow(prior.select([*key_columns, *usable]))
     assert isinstance(prior_df, pl.DataFrame)
     prior_df = prior_df.with_columns(
         pl.lit("insert").alias(CHANGE_TYPE),
-        pl.lit(-1, dtype=df.schema[LSN]).alias(LSN),
-        pl.lit(-1, dtype=df.schema[SEQ]).alias(SEQ),
+        pl.lit(-1 if lsn is None else lsn, dtype=df.schema[LSN]).alias(LSN),
+        pl.lit(-1 if lsn is None else _LAST_SEQ, dtype=df.schema[SEQ]).alias(SEQ),
         pl.lit(-1, dtype=df.schema[_ORD]).alias(_ORD),
         pl.lit(1, dtype=df.schema[_RANK]).alias(_RANK),
         pl.lit(True).alias(_PRIOR),
     )
     prior_df = prior_df.cast({c: df.schema[c] for c in prior_df.columns if c in df.schema})
     df = df.with_columns(pl.lit(False).alias(_PRIOR))
-    return pl.concat([prior_df, df], how="diagonal_relaxed")
+    both = pl.concat([prior_df, df], how="diagonal_relaxed")
+    return both.sort([LSN, SEQ, _RANK, _ORD], maintain_order=True)
 
 
 def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataFrame:

@@ -332,7 +332,10 @@ class ChangeStream:
                     mirror_uri, keys, unfilled, columns=unchanged_columns(frame),
                     storage_options=self.sync.storage_options,
                 )  # fmt: skip
-        filled = fill_unchanged(frame, keys, prior=prior) if keys else frame
+        # The mirror may hold some of these transactions already (a replay after a crash): its
+        # rows are current as of its version, so they count from there on.
+        prior_lsn = self._version(mirror_uri) if prior is not None else None
+        filled = fill_unchanged(frame, keys, prior=prior, prior_lsn=prior_lsn) if keys else frame
         if self.sync.history:
             uri = self.sync.history_uri(table)
             rows = self._new_rows(uri, filled)
@@ -363,12 +366,17 @@ class ChangeStream:
 
     def _new_rows(self, uri: str, frame: pa.Table) -> pa.Table:
         """The rows of `frame` from transactions the Delta table at `uri` does not hold yet."""
+        return frame.filter(pc.greater(frame[LSN], self._version(uri)))
+
+    def _version(self, uri: str) -> int:
+        """The commit LSN of the last source transaction the Delta table at `uri` holds (-1:
+        none)."""
         if uri not in self.versions:
             stored = writer.transaction_version(
                 uri, app_id(self.sync), storage_options=self.sync.storage_options
             )
             self.versions[uri] = -1 if stored is None else stored
-        return frame.filter(pc.greater(frame[LSN], self.versions[uri]))
+        return self.versions[uri]
 
     def _keys(self, schema: str, table: str) -> tuple[str, ...]:
         if (schema, table) not in self.keys:
