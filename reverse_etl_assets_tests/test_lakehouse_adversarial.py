@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from reverse_etl_assets.errors import SpecError
-from reverse_etl_assets.pipelines.postgres_to_delta.run import sync_lakehouse
+from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
 from reverse_etl_assets_tests.lakehouse_helpers import (
     delta_rows,
     execute,
@@ -84,7 +84,7 @@ CRASH = textwrap.dedent(
     from pathlib import Path
     from reverse_etl_assets.delta import writer
     from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
-    from reverse_etl_assets.pipelines.postgres_to_delta.run import sync_lakehouse
+    from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
     from reverse_etl_assets_tests.lakehouse_helpers import lakehouse_sync
 
     def die(*args, **kwargs):
@@ -146,3 +146,35 @@ def test_kill_9_after_a_delta_commit_lands_each_change_exactly_once(
     assert [(r["id"], r["body"] == bodies[r["id"]]) for r in images] == [
         (r["id"], True) for r in images
     ]  # every image whole: never a NULL placeholder
+
+
+@pytest.mark.parametrize("how", ["re-created", "advanced"])
+def test_a_slot_replaced_or_moved_behind_the_syncs_back_is_a_failure_not_a_gap(
+    pg_dsn: str, tmp_path: Path, how: str
+) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE orders (id int PRIMARY KEY, v text)",
+        "INSERT INTO orders VALUES (1, 'a')",
+    )
+    sync = lakehouse_sync(tmp_path)
+    sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "INSERT INTO orders VALUES (2, 'only the old slot had it')")
+    if how == "re-created":
+        execute(
+            pg_dsn,
+            "SELECT pg_drop_replication_slot('reverse_etl_app')",
+            "SELECT pg_create_logical_replication_slot('reverse_etl_app', 'pgoutput')",
+        )
+    else:
+        execute(
+            pg_dsn, "SELECT pg_replication_slot_advance('reverse_etl_app', pg_current_wal_lsn())"
+        )
+    execute(pg_dsn, "INSERT INTO orders VALUES (3, 'after')")
+    with pytest.raises(SlotLost, match="--full-refresh"):
+        sync_lakehouse(sync, pg_dsn)
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("orders"))] == [1]  # no gap landed
+    sync_lakehouse(sync, pg_dsn, full_refresh=True)
+    execute(pg_dsn, "INSERT INTO orders VALUES (4, 'streamed')")
+    sync_lakehouse(sync, pg_dsn)  # the new slot is trusted again
+    assert delta_rows(sync.mirror_uri("orders")) == rows_of(pg_dsn, "orders")

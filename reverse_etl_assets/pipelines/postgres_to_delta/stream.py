@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -91,8 +92,10 @@ class ChangeStream:
         *,
         failed_tables: dict[str, str],
         application_name: str = "reverse_etl lakehouse",
+        on_acknowledge: Callable[[int], None] | None = None,
     ) -> None:
         self.sync = sync
+        self.on_acknowledge = on_acknowledge
         self.dsn = dsn
         self.failed = dict(failed_tables)
         self.new_failures: dict[str, str] = {}
@@ -210,8 +213,11 @@ class ChangeStream:
         return result
 
     def acknowledge(self, lsn: int) -> None:
-        """Tell the server everything up to `lsn` is safe in Delta (it may recycle that WAL)."""
+        """Tell the server everything up to `lsn` is safe in Delta (it may recycle that WAL);
+        `on_acknowledge` hears of a new position first."""
         if lsn > self.acked:
+            if self.on_acknowledge is not None:
+                self.on_acknowledge(lsn)
             self.acked = lsn
         self.stream.send_status(flush_lsn=self.acked)
 
