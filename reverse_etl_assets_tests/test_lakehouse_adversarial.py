@@ -204,3 +204,51 @@ def test_rows_older_than_an_added_column_hold_its_default_in_the_mirror(
     sync_lakehouse(sync, pg_dsn)
     # Postgres reports the default for every row that existed when the column was added.
     assert delta_rows(sync.mirror_uri("orders")) == rows_of(pg_dsn, "orders")
+
+
+def test_an_ordinary_role_syncs_once_granted_and_no_error_shows_its_password(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    database = pg_dsn.rsplit("/", 1)[1]
+    role, secret = f"lake_{database[-8:]}", "Pw-s3cret-7q"
+    execute(
+        pg_dsn,
+        f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{secret}'",
+        "CREATE TABLE orders (id int PRIMARY KEY, v text)",
+        "INSERT INTO orders VALUES (1, 'a')",
+    )
+    user_dsn = pg_dsn.replace("://postgres@", f"://{role}:{secret}@")
+    assert user_dsn != pg_dsn
+    sync = lakehouse_sync(tmp_path)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            sync_lakehouse(sync, user_dsn)  # may not create the state schema nor publish
+        assert secret not in str(refused.value)
+        execute(
+            pg_dsn,
+            f"GRANT CREATE ON DATABASE {database} TO {role}",
+            "INSERT INTO orders VALUES (9, 'x')",
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="owner of table orders"):
+            sync_lakehouse(sync, user_dsn)
+        execute(pg_dsn, f"ALTER TABLE orders OWNER TO {role}")
+        sync_lakehouse(sync, user_dsn)
+        execute(pg_dsn, "INSERT INTO orders VALUES (2, 'b')", "UPDATE orders SET v = 'c'")
+        sync_lakehouse(sync, user_dsn)
+        assert delta_rows(sync.mirror_uri("orders")) == rows_of(pg_dsn, "orders")
+        execute(pg_dsn, "SELECT pg_drop_replication_slot('reverse_etl_app')")
+        with pytest.raises(SlotLost) as lost:
+            sync_lakehouse(sync, user_dsn)
+        assert secret not in str(lost.value)
+        with psycopg.connect(pg_dsn) as conn:
+            messages = conn.execute("SELECT message FROM reverse_etl.lakehouse_syncs").fetchall()
+        assert messages and all(secret not in m for (m,) in messages)
+    finally:
+        execute(
+            pg_dsn,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            f"WHERE slot_name = 'reverse_etl_app' AND database = '{database}'",
+            f"REASSIGN OWNED BY {role} TO postgres",
+            f"DROP OWNED BY {role}",
+            f"DROP ROLE {role}",
+        )
