@@ -3,7 +3,8 @@ Postgres table to the last value, and the history holds each committed change ex
 
 The workload mixes inserts, value and key updates, deletes, delete + reinsert of one key,
 updates that leave a TOASTed value unchanged, truncates, rolled-back transactions and
-rolled-back savepoints, over most of the column types the product maps. Postgres is the oracle
+rolled-back savepoints, over most of the column types the product maps; the slow seeds also add
+and drop columns mid-stream. Postgres is the oracle
 for values; the generator only tracks which keys exist and which changes each transaction made.
 """
 
@@ -42,7 +43,8 @@ COLUMNS = {
     "tags": "text[]",
     "nums": "int[]",
 }
-VALUE_COLUMNS = [c for c in COLUMNS if c != "id"]
+# Columns added (and dropped) mid-stream: int, no default, so older rows read NULL.
+EXTRA = "extra"
 KEY_SPACE = 60
 # Characters that break naive quoting, CSV, array literals or UTF-8 handling.
 TRICKY = "aZ09 ,;'\"\\{}()[]\n\t\r%_.üß€😀NULL"
@@ -109,7 +111,12 @@ class Workload:
         size = self.rng.randint(2_500, 6_000)
         return "".join(self.rng.choices(alphabet, k=size)) + self.text(0, 3)
 
+    def value_columns(self) -> list[str]:
+        return [c for c in self.shape.names if c != "id"]
+
     def value(self, column: str) -> Any:
+        if column.startswith(EXTRA):
+            return None if self.rng.random() < 0.3 else self.rng.randint(-9, 9)
         if column != "doc" and self.rng.random() < 0.12:
             return None
         rng = self.rng
@@ -149,8 +156,8 @@ class Workload:
     # Statements.
 
     def insert(self, conn: psycopg.Connection, key: int) -> None:
-        columns = ["id", *VALUE_COLUMNS]
-        values = [key, *(self.value(c) for c in VALUE_COLUMNS)]
+        columns = list(self.shape.names)
+        values = [key, *(self.value(c) for c in columns[1:])]
         conn.execute(
             sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
                 self.shape.ident(),
@@ -163,7 +170,9 @@ class Workload:
     def update(self, conn: psycopg.Connection, key: int, *, new_key: int | None) -> None:
         # Mostly leave `doc` alone: its TOASTed value then travels as 'unchanged'.
         pool = (
-            VALUE_COLUMNS if self.rng.random() < 0.2 else [c for c in VALUE_COLUMNS if c != "doc"]
+            self.value_columns()
+            if self.rng.random() < 0.2
+            else [c for c in self.value_columns() if c != "doc"]
         )
         columns = self.rng.sample(pool, self.rng.randint(0 if new_key else 1, 3))
         sets = [(c, self.value(c)) for c in columns]
@@ -233,7 +242,7 @@ class Workload:
             conn.execute(sql.SQL("TRUNCATE {}").format(self.shape.ident()))
             live.clear()
             events.append(("truncate", None))
-        elif roll < 0.3 or not live:
+        elif (roll < 0.3 or not live) and free:
             key = rng.choice(free)
             self.insert(conn, key)
             live.add(key)
@@ -283,7 +292,7 @@ def create_table(dsn: str, shape: Shape) -> None:
 def postgres_rows(dsn: str, shape: Shape) -> list[dict[str, Any]]:
     """The table's rows by logical column name, ordered by key (jsonb as its text form)."""
     selected = sql.SQL(", ").join(
-        sql.SQL("{}::text").format(shape.col(c)) if c == "j" else shape.col(c) for c in COLUMNS
+        sql.SQL("{}::text").format(shape.col(c)) if c == "j" else shape.col(c) for c in shape.names
     )
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
@@ -291,11 +300,12 @@ def postgres_rows(dsn: str, shape: Shape) -> list[dict[str, Any]]:
                 selected, shape.ident(), shape.col("id")
             )
         ).fetchall()
-    return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    return [dict(zip(shape.names, row, strict=True)) for row in rows]
 
 
 def logical(row: dict[str, Any], shape: Shape) -> dict[str, Any]:
-    return {c: row[shape.names[c]] for c in COLUMNS}
+    """A row by logical column name; a column the row does not have (yet) is NULL."""
+    return {c: row.get(physical) for c, physical in shape.names.items()}
 
 
 def mirror_rows(sync: LakehouseSync, shape: Shape) -> list[dict[str, Any]]:
@@ -306,7 +316,7 @@ def mirror_rows(sync: LakehouseSync, shape: Shape) -> list[dict[str, Any]]:
 def assert_rows_equal(got: list[dict[str, Any]], want: list[dict[str, Any]], where: str) -> None:
     assert [r["id"] for r in got] == [r["id"] for r in want], f"{where}: keys differ"
     for mine, theirs in zip(got, want, strict=True):
-        for column in COLUMNS:
+        for column in theirs:
             assert mine[column] == theirs[column], (where, mine["id"], column)
 
 
@@ -343,6 +353,23 @@ def check(sync: LakehouseSync, dsn: str, shape: Shape, work: Workload, snapshot:
     assert len(positions) == len(set(positions))
 
 
+def alter_columns_of(conn: psycopg.Connection, shape: Shape, rng: random.Random) -> None:
+    """Add a column (its name as hostile as the table's), or drop one added before."""
+    extras = [c for c in shape.names if c.startswith(EXTRA)]
+    if extras and rng.random() < 0.4:
+        gone = rng.choice(extras)
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(shape.ident(), shape.col(gone))
+        )
+        del shape.names[gone]
+        return
+    logical = f"{EXTRA}{len(extras) + 1}_{rng.randint(0, 999)}"
+    shape.names[logical] = logical if shape.names["id"] == "id" else f"{logical.upper()} .x"
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN {} int").format(shape.ident(), shape.col(logical))
+    )
+
+
 def run_workload(
     dsn: str,
     tmp_path: Path,
@@ -352,9 +379,11 @@ def run_workload(
     shape: Shape,
     batches: int,
     per_batch: int,
+    alter_columns: bool = False,
 ) -> None:
     """Random batches, each drained and checked; about a third of the drains die after their
     Delta commits and before acknowledging, so the next one gets those transactions again."""
+    shape = Shape(shape.schema, shape.table, dict(shape.names), shape.identity_full)
     create_table(dsn, shape)
     work = Workload(random.Random(seed), shape)
     crashes = random.Random(-seed)
@@ -372,6 +401,8 @@ def run_workload(
     for batch in range(batches):
         with psycopg.connect(dsn, autocommit=True) as conn:
             for _ in range(per_batch):
+                if alter_columns and crashes.random() < 0.15:
+                    alter_columns_of(conn, shape, crashes)
                 work.transaction(conn)
         with monkeypatch.context() as crash:
             if crashes.random() < 0.35:
@@ -408,4 +439,13 @@ def test_random_workload_many_seeds(
         PLAIN if seed % 2 else HOSTILE,
         identity_full=seed % 3 == 0,
     )
-    run_workload(pg_dsn, tmp_path, monkeypatch, seed=seed, shape=shape, batches=10, per_batch=10)
+    run_workload(
+        pg_dsn,
+        tmp_path,
+        monkeypatch,
+        seed=seed,
+        shape=shape,
+        batches=10,
+        per_batch=10,
+        alter_columns=True,
+    )
