@@ -180,10 +180,6 @@ def test_a_slot_replaced_or_moved_behind_the_syncs_back_is_a_failure_not_a_gap(
     assert delta_rows(sync.mirror_uri("orders")) == rows_of(pg_dsn, "orders")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="older mirror rows get NULL for a column added with a DEFAULT, not the default",
-)
 def test_rows_older_than_an_added_column_hold_its_default_in_the_mirror(
     pg_dsn: str, tmp_path: Path
 ) -> None:

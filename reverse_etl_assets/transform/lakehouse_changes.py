@@ -37,11 +37,13 @@ _HAS_PRE = "__has_pre"
 class MirrorChanges:
     """The last change per key of one frame, ready for one Delta MERGE into the mirror."""
 
-    # table columns + `_op` ('upsert' | 'delete') + one bool `_keep_<col>` per column whose
+    # table columns + `_op` ('upsert' | 'delete' | 'fill') + one bool `_keep_<col>` per column whose
     # target value must be kept (unchanged TOAST the frame could not fill), only where needed
     rows: pa.Table
     # a truncate happened in the frame: target rows not in `rows` are deleted
     clear_first: bool
+    # columns that rows with `_op` 'fill' set on target rows the frame does not otherwise touch
+    fill_columns: tuple[str, ...] = ()
 
 
 def table_columns(frame: pa.Table) -> list[str]:
@@ -147,6 +149,55 @@ def mirror_changes(frame: pa.Table, key_columns: Sequence[str]) -> MirrorChanges
         + [pa.field(name, pa.bool_()) for name in needed]
     )
     return MirrorChanges(rows=_to_arrow(out, schema), clear_first=clear_first)
+
+
+def with_older_rows(
+    frame: pa.Table, values: dict[str, pa.Scalar], since: dict[str, tuple[int, int]]
+) -> pa.Table:
+    """The frame with `values[c]` in column `c` of the changes made before `since[c]` (the
+    (lsn, seq) of the first change whose row has the column): what Postgres reports for a row
+    older than a column added with a DEFAULT."""
+    lsn, seq = frame[LSN], frame[SEQ]
+    for column, value in values.items():
+        first_lsn, first_seq = since[column]
+        older = pc.or_(
+            pc.less(lsn, first_lsn),
+            pc.and_(pc.equal(lsn, first_lsn), pc.less(seq, first_seq)),
+        )
+        index = frame.column_names.index(column)
+        typed = value.cast(frame.schema.field(column).type)
+        frame = frame.set_column(
+            index, frame.schema.field(column), pc.if_else(older, typed, frame[column])
+        )
+    return frame
+
+
+def with_untouched_rows(
+    changes: MirrorChanges, keys: pa.Table, values: dict[str, pa.Scalar]
+) -> MirrorChanges:
+    """`changes` plus one `fill` row per key of `keys` (the mirror's) that `changes` does not
+    touch, setting only the columns of `values` (added with a DEFAULT) on them."""
+    rows = changes.rows
+    names = list(keys.column_names)
+    touched = rows.select(names)
+    untouched = keys.join(touched, keys=names, join_type="left anti")
+    columns = {}
+    for field in rows.schema:
+        if field.name in names:
+            columns[field.name] = untouched[field.name].cast(field.type)
+        elif field.name == OP:
+            columns[field.name] = pa.array(["fill"] * untouched.num_rows, field.type)
+        elif field.name in values:
+            scalar = values[field.name].cast(field.type)
+            columns[field.name] = pa.array([scalar.as_py()] * untouched.num_rows, field.type)
+        else:
+            columns[field.name] = pa.nulls(untouched.num_rows, field.type)
+    fills = pa.table(columns, schema=rows.schema)
+    return MirrorChanges(
+        rows=pa.concat_tables([rows, fills]),
+        clear_first=changes.clear_first,
+        fill_columns=tuple(values),
+    )
 
 
 def _sorted(frame: pa.Table) -> pl.DataFrame:

@@ -28,19 +28,24 @@ from reverse_etl_assets.postgres.replication.messages import (
     Delete,
     Insert,
     Relation,
+    RelationColumn,
     Truncate,
     Update,
 )
 from reverse_etl_assets.postgres.replication.stream import ReplicationStream
-from reverse_etl_assets.schema.postgres_to_delta import arrow_type
+from reverse_etl_assets.schema.postgres_to_delta import arrow_type, cast_column
 from reverse_etl_assets.spec import LakehouseSync
 from reverse_etl_assets.transform.lakehouse_changes import (
     LSN,
+    MirrorChanges,
     fill_unchanged,
     history_rows,
     mirror_changes,
+    table_columns,
     unchanged_columns,
     unfilled_keys,
+    with_older_rows,
+    with_untouched_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -111,6 +116,7 @@ class ChangeStream:
         self.keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self.pending: dict[tuple[str, str], TableChanges] = {}
         self.versions: dict[str, int] = {}
+        self.mirror_columns: dict[str, set[str]] = {}  # per mirror URI, as far as known
         self.txn: Begin | None = None
         self.seq = 0
         self.pending_rows = 0
@@ -360,7 +366,7 @@ class ChangeStream:
             if rows.num_rows:
                 writer.merge_changes(
                     mirror_uri,
-                    mirror_changes(rows, keys),
+                    self._mirror_changes(schema, table, changes, rows, keys),
                     key_columns=keys,
                     app_id=app_id(self.sync),
                     version=version,
@@ -369,6 +375,38 @@ class ChangeStream:
                 self.versions[mirror_uri] = version
                 landed = landed if landed is not None else rows
         return landed
+
+    def _mirror_changes(
+        self, schema: str, table: str, changes: TableChanges, rows: pa.Table, keys: tuple[str, ...]
+    ) -> MirrorChanges:
+        """The MERGE input for the mirror. A column added with a DEFAULT since the mirror's last
+        commit reads that default in Postgres for every older row: the changes made before the
+        column existed, and the mirror rows the batch does not touch, get it too."""
+        uri = self.sync.mirror_uri(table)
+        options = self.sync.storage_options
+        if uri not in self.mirror_columns:
+            target = writer.schema_of(uri, storage_options=options)
+            self.mirror_columns[uri] = set() if target is None else set(target.names)
+        known = self.mirror_columns[uri]
+        new = [c for c in table_columns(rows) if known and c not in known]
+        known.update(table_columns(rows))
+        older = slots.older_row_values(self.catalog, schema, table, new) if new else {}
+        positions = {c: changes.first_with(c) for c in older}
+        since = {c: p for c, p in positions.items() if p is not None}
+        values = {
+            c: cast_column(_column(changes, c), pa.array([older[c]], pa.binary()))[0] for c in since
+        }
+        if not values:
+            return mirror_changes(rows, keys)
+        merged = mirror_changes(
+            with_older_rows(rows, values, since),
+            keys,
+        )
+        if merged.clear_first:
+            return merged  # every older row is gone
+        return with_untouched_rows(
+            merged, writer.read_keys(uri, keys, storage_options=options), values
+        )
 
     def _new_rows(self, uri: str, frame: pa.Table) -> pa.Table:
         """The rows of `frame` from transactions the Delta table at `uri` does not hold yet."""
@@ -389,6 +427,11 @@ class ChangeStream:
             info = slots.table_columns(self.catalog, schema, table)
             self.keys[(schema, table)] = info.primary_key if info is not None else ()
         return self.keys[(schema, table)]
+
+
+def _column(changes: TableChanges, name: str) -> RelationColumn:
+    """The column `name` as the latest shape of the table's changes describes it."""
+    return next(c for c in changes.segments[-1].relation.columns if c.name == name)
 
 
 def _count_types(frame: pa.Table) -> dict[str, int]:
