@@ -15,6 +15,8 @@ from reverse_etl_assets.transform.lakehouse_changes import (
     history_rows,
     mirror_changes,
     unfilled_keys,
+    with_older_rows,
+    with_untouched_rows,
 )
 
 TS = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -388,3 +390,23 @@ def test_types_survive_polars() -> None:
     assert rows.schema.field("ntz").type == pa.timestamp("us")
     assert rows.to_pylist()[0]["b"] == b"\x00" and rows.to_pylist()[0]["l"] == [1, None]
     assert fill_unchanged(f, ["id"], prior=None).schema == f.schema
+
+
+def test_rows_older_than_an_added_column_get_its_default() -> None:
+    # `doc` was added with a default between the changes at 100 and at 200
+    f = frame(
+        [
+            {"t": "update_postimage", "lsn": 100, "seq": 0, "id": 1, "name": "before"},
+            {"t": "update_postimage", "lsn": 200, "seq": 0, "id": 2, "doc": None},
+            {"t": "insert", "lsn": 200, "seq": 1, "id": 3, "doc": "own"},
+        ]
+    )
+    values = {"doc": pa.scalar("dflt")}
+    older = with_older_rows(f, values, {"doc": (200, 0)})
+    assert older.column("doc").to_pylist() == ["dflt", None, "own"]
+    changes = with_untouched_rows(
+        mirror_changes(older, ["id"]), pa.table({"id": pa.array([1, 2, 7, 8], pa.int64())}), values
+    )
+    fills = [r for r in changes.rows.to_pylist() if r["_op"] == "fill"]
+    assert [(r["id"], r["doc"]) for r in fills] == [(7, "dflt"), (8, "dflt")]
+    assert changes.fill_columns == ("doc",)
