@@ -15,6 +15,8 @@ from reverse_etl_assets.transform.lakehouse_changes import (
     history_rows,
     mirror_changes,
     unfilled_keys,
+    with_older_rows,
+    with_untouched_rows,
 )
 
 TS = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -266,6 +268,29 @@ def test_fill_follows_a_key_change() -> None:
     assert by_key(mirror_changes(f, ["id"]))[3]["doc"] == "BIG"
 
 
+def test_fill_never_takes_the_value_of_a_row_deleted_before() -> None:
+    # key 3 is deleted, then a row moves onto it through a chain of key changes (1 → 2 → 3):
+    # its value is the moved row's, never the deleted row's
+    events = [
+        {"t": "insert", "lsn": 100, "seq": 0, "id": 3, "doc": "DELETED"},
+        {"t": "delete", "lsn": 200, "seq": 0, "id": 3},
+        {"t": "insert", "lsn": 200, "seq": 1, "id": 1, "doc": "MOVED"},
+        {"t": "update_preimage", "lsn": 300, "seq": 0, "id": 1},
+        {"t": "update_postimage", "lsn": 300, "seq": 0, "id": 2, "u": ["doc"]},
+        {"t": "update_preimage", "lsn": 300, "seq": 1, "id": 2},
+        {"t": "update_postimage", "lsn": 300, "seq": 1, "id": 3, "u": ["doc"]},
+    ]
+    f = frame(events)
+    history = fill_unchanged(f, ["id"], prior=None)
+    assert history.column("doc").to_pylist()[-1] == "MOVED"
+    assert by_key(mirror_changes(f, ["id"]))[3]["doc"] == "MOVED"
+    # the moved row's value unknown to the frame: it stays unknown, not the deleted row's
+    unknown = frame([*events[:2], *events[5:]])
+    filled = fill_unchanged(unknown, ["id"], prior=None)
+    assert filled.column("doc").to_pylist()[-1] is None
+    assert filled.column("_pg_unchanged").to_pylist()[-1] == ["doc"]
+
+
 def test_fill_from_prior_mirror_rows() -> None:
     f = frame(
         [
@@ -289,6 +314,22 @@ def test_fill_from_prior_mirror_rows() -> None:
     assert history.column("_pg_unchanged").to_pylist() == [None, ["n"], None, ["doc"]]
     assert history.schema == f.schema
     assert history.num_rows == f.num_rows
+
+
+def test_prior_mirror_rows_count_from_the_mirrors_version() -> None:
+    # a replay after a crash: the mirror holds the key change at 100 already (row 10 has the
+    # value); the update at 200 takes it from there
+    f = frame(
+        [
+            {"t": "update_preimage", "lsn": 100, "seq": 0, "id": 2},
+            {"t": "update_postimage", "lsn": 100, "seq": 0, "id": 10, "u": ["doc"]},
+            {"t": "update_postimage", "lsn": 200, "seq": 0, "id": 10, "name": "b", "u": ["doc"]},
+        ]
+    )
+    prior = pa.table({"id": pa.array([10], pa.int64()), "doc": ["BIG"]})
+    history = fill_unchanged(f, ["id"], prior=prior, prior_lsn=100)
+    assert history.column("doc").to_pylist() == [None, None, "BIG"]
+    assert history.column("_pg_unchanged").to_pylist() == [None, ["doc"], None]
 
 
 def test_fill_unchanged_without_toast_returns_frame() -> None:
@@ -349,3 +390,23 @@ def test_types_survive_polars() -> None:
     assert rows.schema.field("ntz").type == pa.timestamp("us")
     assert rows.to_pylist()[0]["b"] == b"\x00" and rows.to_pylist()[0]["l"] == [1, None]
     assert fill_unchanged(f, ["id"], prior=None).schema == f.schema
+
+
+def test_rows_older_than_an_added_column_get_its_default() -> None:
+    # `doc` was added with a default between the changes at 100 and at 200
+    f = frame(
+        [
+            {"t": "update_postimage", "lsn": 100, "seq": 0, "id": 1, "name": "before"},
+            {"t": "update_postimage", "lsn": 200, "seq": 0, "id": 2, "doc": None},
+            {"t": "insert", "lsn": 200, "seq": 1, "id": 3, "doc": "own"},
+        ]
+    )
+    values = {"doc": pa.scalar("dflt")}
+    older = with_older_rows(f, values, {"doc": (200, 0)})
+    assert older.column("doc").to_pylist() == ["dflt", None, "own"]
+    changes = with_untouched_rows(
+        mirror_changes(older, ["id"]), pa.table({"id": pa.array([1, 2, 7, 8], pa.int64())}), values
+    )
+    fills = [r for r in changes.rows.to_pylist() if r["_op"] == "fill"]
+    assert [(r["id"], r["doc"]) for r in fills] == [(7, "dflt"), (8, "dflt")]
+    assert changes.fill_columns == ("doc",)

@@ -407,3 +407,30 @@ def test_a_history_without_mirror_needs_full_identity_and_then_keeps_toast(
     assert post["_pg_change_type"] == "update_postimage"
     assert post["body"] == pg_rows(pg_dsn, "h")[0]["body"]
     assert not Path(sync.mirror_uri("h")).exists()
+
+
+def test_an_unchanged_toast_value_the_batch_lacks_comes_from_the_mirror(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    execute(
+        pg_dsn,
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text)",
+        # Stored out of line uncompressed: an update that leaves `body` alone sends 'u' for it.
+        "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",
+        "INSERT INTO docs SELECT g, 't', (SELECT string_agg(md5(g || '/' || i), '') "
+        "FROM generate_series(1, 100) i) FROM generate_series(1, 2) g",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.docs"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "UPDATE docs SET title = 'kept key' WHERE id = 1",
+        "UPDATE docs SET id = 20 WHERE id = 2",  # the value lives under the old key only
+    )
+    sync_lakehouse(sync, pg_dsn)
+    assert delta_rows(sync.mirror_uri("docs")) == pg_rows(pg_dsn, "docs")
+    bodies = {r["id"]: r["body"] for r in pg_rows(pg_dsn, "docs")}
+    posts = [
+        r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
+    ]
+    assert {r["id"]: r["body"] for r in posts} == bodies

@@ -173,6 +173,24 @@ def merge_changes(
         )
 
 
+def read_keys(
+    uri: str, key_columns: Sequence[str], *, storage_options: dict[str, str] | None = None
+) -> pa.Table:
+    """Every key of the Delta table at `uri` (empty when there is no table)."""
+    with _guard(uri, storage_options):
+        table = _open(uri, storage_options)
+        if table is None:
+            return pa.table({})
+        return table.to_pyarrow_dataset().to_table(columns=list(key_columns))
+
+
+def schema_of(uri: str, *, storage_options: dict[str, str] | None = None) -> pa.Schema | None:
+    """The Arrow schema of the Delta table at `uri`, None when there is no table."""
+    with _guard(uri, storage_options):
+        table = _open(uri, storage_options)
+        return None if table is None else _schema(table)
+
+
 def lookup_rows(
     uri: str,
     key_columns: Sequence[str],
@@ -257,6 +275,11 @@ def _merge(
     if updates:
         merger = merger.when_matched_update(updates, predicate=is_upsert)
     merger = merger.when_not_matched_insert(inserts, predicate=is_upsert)
+    if changes.fill_columns:
+        merger = merger.when_matched_update(
+            {_quote(c): f"s.{_quote(c)}" for c in changes.fill_columns},
+            predicate=f"s.{_quote(OP)} = 'fill'",
+        )
     if changes.clear_first:
         merger = merger.when_not_matched_by_source_delete()
     return merger.execute()

@@ -37,6 +37,11 @@ _CREATE = sql.SQL(
     """
 ).format(t=sql.Identifier(STATE_SCHEMA, LAKEHOUSE_TABLE))
 
+# Added after the first release: rows written before it hold NULL until the next snapshot.
+_ADD_ACKED = sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS acked_lsn bigint").format(
+    t=sql.Identifier(STATE_SCHEMA, LAKEHOUSE_TABLE)
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class LakehouseState:
@@ -62,6 +67,7 @@ def ensure_lakehouse_table(conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('reverse_etl.state'))")
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(STATE_SCHEMA)))
         conn.execute(_CREATE)
+        conn.execute(_ADD_ACKED)
 
 
 def read_lakehouse_state(conn: psycopg.Connection, name: str) -> LakehouseState | None:
@@ -119,6 +125,28 @@ def record_lakehouse_state(
         ),
         (name,),
     )
+
+
+def record_lakehouse_ack(conn: psycopg.Connection, *, name: str, lsn: int) -> None:
+    """Remember that the slot of `name` is (about to be) acknowledged up to `lsn`: written before
+    the acknowledgement, so the slot is never legitimately past it."""
+    conn.execute(
+        sql.SQL("UPDATE {} SET acked_lsn = %s WHERE name = %s").format(
+            sql.Identifier(STATE_SCHEMA, LAKEHOUSE_TABLE)
+        ),
+        (lsn, name),
+    )
+
+
+def read_lakehouse_ack(conn: psycopg.Connection, name: str) -> int | None:
+    """The LSN up to which the slot of `name` may have been acknowledged; None when unknown."""
+    row = conn.execute(
+        sql.SQL("SELECT acked_lsn FROM {} WHERE name = %s").format(
+            sql.Identifier(STATE_SCHEMA, LAKEHOUSE_TABLE)
+        ),
+        (name,),
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def record_lakehouse_heartbeat(conn: psycopg.Connection, *, name: str, pid: int | None) -> None:

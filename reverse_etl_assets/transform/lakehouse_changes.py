@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 CHANGE_TYPE = "_pg_change_type"
 LSN = "_pg_lsn"
@@ -27,17 +28,22 @@ KEEP_PREFIX = "_keep_"
 _ORD = "__ord"
 _RANK = "__rank"
 _PRIOR = "__prior"
+_LIFE = "__life"
+_LAST_SEQ = 2**31 - 1  # after every change of a transaction
+_HAS_PRE = "__has_pre"
 
 
 @dataclass(frozen=True, kw_only=True)
 class MirrorChanges:
     """The last change per key of one frame, ready for one Delta MERGE into the mirror."""
 
-    # table columns + `_op` ('upsert' | 'delete') + one bool `_keep_<col>` per column whose
+    # table columns + `_op` ('upsert' | 'delete' | 'fill') + one bool `_keep_<col>` per column whose
     # target value must be kept (unchanged TOAST the frame could not fill), only where needed
     rows: pa.Table
     # a truncate happened in the frame: target rows not in `rows` are deleted
     clear_first: bool
+    # columns that rows with `_op` 'fill' set on target rows the frame does not otherwise touch
+    fill_columns: tuple[str, ...] = ()
 
 
 def table_columns(frame: pa.Table) -> list[str]:
@@ -73,14 +79,28 @@ def unfilled_keys(frame: pa.Table, key_columns: Sequence[str]) -> pa.Table:
     return found.to_arrow().cast(frame.select(keys).schema)
 
 
+def unchanged_columns(frame: pa.Table) -> list[str]:
+    """The table columns some postimage of `frame` left unsent (named in `_pg_unchanged`)."""
+    if UNCHANGED not in frame.column_names:
+        return []
+    named = set(pc.list_flatten(frame[UNCHANGED]).drop_null().to_pylist())
+    return [c for c in table_columns(frame) if c in named]
+
+
 def fill_unchanged(
-    frame: pa.Table, key_columns: Sequence[str], *, prior: pa.Table | None
+    frame: pa.Table,
+    key_columns: Sequence[str],
+    *,
+    prior: pa.Table | None,
+    prior_lsn: int | None = None,
 ) -> pa.Table:
     """Fill unchanged-TOAST values of postimages; `_pg_unchanged` keeps only what stays unknown.
 
     Sources, in order: (a) the preimage of the same change (REPLICA IDENTITY FULL), (b) the latest
     earlier event of the same key in the frame that carried the value (following key changes),
-    (c) `prior`: the current mirror rows for the keys concerned (see `unfilled_keys`).
+    (c) `prior`: the current mirror rows for the keys concerned (see `unfilled_keys`), as of
+    `prior_lsn` (the mirror's version: the frame's changes up to it are in those rows already;
+    None: before every change of the frame).
     Returns the rows in the frame's order with the frame's schema.
     """
     df = _sorted(frame)
@@ -88,7 +108,7 @@ def fill_unchanged(
     if not columns:
         return frame
     if prior is not None and prior.num_rows:
-        df = _with_prior(df, prior, key_columns, columns)
+        df = _with_prior(df, prior, key_columns, columns, lsn=prior_lsn)
     df = _fill(df, list(key_columns), columns)
     if _PRIOR in df.columns:
         df = df.filter(~pl.col(_PRIOR)).drop(_PRIOR)
@@ -131,6 +151,55 @@ def mirror_changes(frame: pa.Table, key_columns: Sequence[str]) -> MirrorChanges
     return MirrorChanges(rows=_to_arrow(out, schema), clear_first=clear_first)
 
 
+def with_older_rows(
+    frame: pa.Table, values: dict[str, pa.Scalar], since: dict[str, tuple[int, int]]
+) -> pa.Table:
+    """The frame with `values[c]` in column `c` of the changes made before `since[c]` (the
+    (lsn, seq) of the first change whose row has the column): what Postgres reports for a row
+    older than a column added with a DEFAULT."""
+    lsn, seq = frame[LSN], frame[SEQ]
+    for column, value in values.items():
+        first_lsn, first_seq = since[column]
+        older = pc.or_(
+            pc.less(lsn, first_lsn),
+            pc.and_(pc.equal(lsn, first_lsn), pc.less(seq, first_seq)),
+        )
+        index = frame.column_names.index(column)
+        typed = value.cast(frame.schema.field(column).type)
+        frame = frame.set_column(
+            index, frame.schema.field(column), pc.if_else(older, typed, frame[column])
+        )
+    return frame
+
+
+def with_untouched_rows(
+    changes: MirrorChanges, keys: pa.Table, values: dict[str, pa.Scalar]
+) -> MirrorChanges:
+    """`changes` plus one `fill` row per key of `keys` (the mirror's) that `changes` does not
+    touch, setting only the columns of `values` (added with a DEFAULT) on them."""
+    rows = changes.rows
+    names = list(keys.column_names)
+    touched = rows.select(names)
+    untouched = keys.join(touched, keys=names, join_type="left anti")
+    columns = {}
+    for field in rows.schema:
+        if field.name in names:
+            columns[field.name] = untouched[field.name].cast(field.type)
+        elif field.name == OP:
+            columns[field.name] = pa.array(["fill"] * untouched.num_rows, field.type)
+        elif field.name in values:
+            scalar = values[field.name].cast(field.type)
+            columns[field.name] = pa.array([scalar.as_py()] * untouched.num_rows, field.type)
+        else:
+            columns[field.name] = pa.nulls(untouched.num_rows, field.type)
+    fills = pa.table(columns, schema=rows.schema)
+    return MirrorChanges(
+        rows=pa.concat_tables([rows, fills]),
+        clear_first=changes.clear_first,
+        fill_columns=tuple(values),
+    )
+
+
 def _sorted(frame: pa.Table) -> pl.DataFrame:
     """The frame in commit order: (lsn, seq, preimage before postimage), stable."""
     df = pl.from_arrow(frame)
@@ -163,23 +232,31 @@ def _missing_names(columns: Sequence[str]) -> list[str]:
 
 
 def _with_prior(
-    df: pl.DataFrame, prior: pa.Table, key_columns: Sequence[str], columns: Sequence[str]
+    df: pl.DataFrame,
+    prior: pa.Table,
+    key_columns: Sequence[str],
+    columns: Sequence[str],
+    *,
+    lsn: int | None,
 ) -> pl.DataFrame:
-    """Prepend the prior mirror rows as carrier events placed before every change of the frame."""
+    """Add the prior mirror rows as carrier events, each starting a life of its key, placed
+    after the frame's changes up to `lsn` (a replayed change the mirror holds already must not
+    come after them) and before the rest."""
     usable = [c for c in columns if c in prior.column_names]
     prior_df = pl.from_arrow(prior.select([*key_columns, *usable]))
     assert isinstance(prior_df, pl.DataFrame)
     prior_df = prior_df.with_columns(
         pl.lit("insert").alias(CHANGE_TYPE),
-        pl.lit(-1, dtype=df.schema[LSN]).alias(LSN),
-        pl.lit(-1, dtype=df.schema[SEQ]).alias(SEQ),
+        pl.lit(-1 if lsn is None else lsn, dtype=df.schema[LSN]).alias(LSN),
+        pl.lit(-1 if lsn is None else _LAST_SEQ, dtype=df.schema[SEQ]).alias(SEQ),
         pl.lit(-1, dtype=df.schema[_ORD]).alias(_ORD),
         pl.lit(1, dtype=df.schema[_RANK]).alias(_RANK),
         pl.lit(True).alias(_PRIOR),
     )
     prior_df = prior_df.cast({c: df.schema[c] for c in prior_df.columns if c in df.schema})
     df = df.with_columns(pl.lit(False).alias(_PRIOR))
-    return pl.concat([prior_df, df], how="diagonal_relaxed")
+    both = pl.concat([prior_df, df], how="diagonal_relaxed")
+    return both.sort([LSN, SEQ, _RANK, _ORD], maintain_order=True)
 
 
 def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataFrame:
@@ -187,8 +264,12 @@ def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataF
 
     An unchanged TOAST value is never NULL (NULLs are not TOASTed), so any non-null value an event
     carries for the column is the value as of that event, and a null means "not carried" (a
-    DEFAULT preimage or delete holds only the key). Each round is vectorised; more than one round
-    is needed only for chains of key changes inside the frame (A→B then B→C).
+    DEFAULT preimage or delete holds only the key). Values carry only within one life of a key:
+    an insert, or an update that moves a row to the key, starts one (a delete, a truncate or a
+    move away ends the last), so a row never inherits the value of a row deleted before it. An
+    update with a preimage takes the value from the preimage's side only: after a key change the
+    new key's earlier carriers belong to a row that no longer exists. Each round is vectorised;
+    more than one round is needed only for chains of key changes inside the frame (A→B, B→C).
     """
     df = df.with_columns(
         (
@@ -199,17 +280,29 @@ def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataF
     )
     pre = pl.col(CHANGE_TYPE) == "update_preimage"
     post = pl.col(CHANGE_TYPE) == "update_postimage"
+    old_keys = df.filter(pre).select(
+        LSN, SEQ, *[pl.col(k).alias(f"__old_{k}") for k in keys], pl.lit(True).alias(_HAS_PRE)
+    )
+    df = df.join(old_keys, on=[LSN, SEQ], how="left", maintain_order="left")
+    moved = post & ~pl.all_horizontal(pl.col(k).eq_missing(pl.col(f"__old_{k}")) for k in keys)
+    starts = (pl.col(CHANGE_TYPE) == "insert") | (moved & pl.col(_HAS_PRE).fill_null(False))
+    df = df.with_columns(
+        starts.cast(pl.Int64).cum_sum().over(keys).alias(_LIFE),
+        (post & pl.col(_HAS_PRE).fill_null(False)).alias(_HAS_PRE),
+    ).drop(*[f"__old_{k}" for k in keys])
     for _ in range(df.height + 1):
-        # latest value the key carried up to this row (a row still missing carries null)
+        # latest value the key carried in this life up to this row (a missing row carries null)
         ff = df.with_columns(
-            pl.col(c).forward_fill().over(keys).alias(f"__ff_{c}") for c in columns
+            pl.col(c).forward_fill().over([*keys, _LIFE]).alias(f"__ff_{c}") for c in columns
         )
         from_pre = ff.filter(pre).select(
             LSN, SEQ, *[pl.col(f"__ff_{c}").alias(f"__pre_{c}") for c in columns]
         )
         step = ff.join(from_pre, on=[LSN, SEQ], how="left", maintain_order="left").with_columns(
             pl.when(pl.col(_missing(c)) & post)
-            .then(pl.coalesce(pl.col(f"__pre_{c}"), pl.col(f"__ff_{c}")))
+            .then(
+                pl.when(pl.col(_HAS_PRE)).then(pl.col(f"__pre_{c}")).otherwise(pl.col(f"__ff_{c}"))
+            )
             .otherwise(pl.col(c))
             .alias(c)
             for c in columns
@@ -223,7 +316,7 @@ def _fill(df: pl.DataFrame, keys: list[str], columns: Sequence[str]) -> pl.DataF
         df = step
         if not progressed:
             break
-    return df
+    return df.drop(_LIFE, _HAS_PRE)
 
 
 def _events(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:

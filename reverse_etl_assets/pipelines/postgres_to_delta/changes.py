@@ -149,6 +149,15 @@ class TableChanges:
         """The table was truncated: a row with NULL in every column."""
         self._add(relation, TRUNCATE, None, stamp)
 
+    def first_with(self, column: str) -> tuple[int, int] | None:
+        """(lsn, seq) of the first change whose row has `column`: the changes before it were
+        made before the column was added."""
+        for segment in self.segments:
+            if segment.meta and any(c.name == column for c in segment.relation.columns):
+                _, lsn, seq, *_ = segment.meta[0]
+                return lsn, seq
+        return None
+
     def to_arrow(self) -> pa.Table:
         """One frame of every change, columns unified across shapes (missing ones NULL)."""
         frames = [segment.to_arrow() for segment in self.segments]

@@ -36,6 +36,7 @@ from reverse_etl_assets.pipelines.postgres_to_delta.stream import (
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.lakehouse_state import (
     read_lakehouse_state,
+    record_lakehouse_ack,
     record_lakehouse_heartbeat,
 )
 from reverse_etl_assets.runtime.loop import run_worker
@@ -228,6 +229,7 @@ class _Follower:
             self.stream = ChangeStream(
                 self.sync, self.source, failed_tables=self.failed,
                 application_name=f"reverse_etl follower {self.sync.name}",
+                on_acknowledge=lambda lsn: record_lakehouse_ack(state, name=self.name, lsn=lsn),
             )  # fmt: skip
         except BaseException:
             state.close()

@@ -33,15 +33,25 @@ def check_lakehouse(
                 f"the history without it. Run ALTER TABLE {label} REPLICA IDENTITY FULL, or keep "
                 "`mirror: true`"
             )
-        if not sync.mirror or info.primary_key:
-            continue
-        if (info.schema, info.table) in named:
+        if (info.schema, info.table) in named and sync.mirror and not info.primary_key:
             raise SpecError(
                 f"lakehouse sync {sync.name!r}: `mirror: true` but {label} has no primary key, so "
                 f"its rows cannot be merged by key. Add one (ALTER TABLE {label} ADD PRIMARY KEY "
                 "(...)), or set `mirror: false` for a history only (its updates and deletes also "
                 f"need ALTER TABLE {label} REPLICA IDENTITY FULL)"
             )
+        if info.replica_identity == "n" or (info.replica_identity == "d" and not info.primary_key):
+            # Postgres refuses UPDATE and DELETE on a published table without a replica
+            # identity: publishing it would break the application's own writes.
+            raise SpecError(
+                f"lakehouse sync {sync.name!r}: {label} has no replica identity (no primary key, "
+                "or REPLICA IDENTITY NOTHING); once it is published, Postgres refuses every "
+                "UPDATE and DELETE the application runs on it. Add a primary key, or run ALTER "
+                f"TABLE {label} REPLICA IDENTITY FULL (it then gets a history only), or leave its "
+                "schema out and list the other tables under `tables`"
+            )
+        if not sync.mirror or info.primary_key:
+            continue
         warnings.append(
             f"lakehouse sync {sync.name!r}: {label} has no primary key: it gets a history only"
         )

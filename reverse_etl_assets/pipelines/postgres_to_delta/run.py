@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import psycopg
@@ -23,7 +24,9 @@ from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream, 
 from reverse_etl_assets.postgres.connect import connect, parse_dsn
 from reverse_etl_assets.postgres.lakehouse_state import (
     ensure_lakehouse_table,
+    read_lakehouse_ack,
     read_lakehouse_state,
+    record_lakehouse_ack,
     record_lakehouse_state,
 )
 from reverse_etl_assets.postgres.replication import slot as slots
@@ -112,7 +115,8 @@ def _sync(
         tables, warnings = check_lakehouse(conn, sync)
         for warning in warnings:
             log.warning("%s", warning)
-        needs_snapshot = full_refresh or _needs_snapshot(conn, sync, tables)
+        acked = read_lakehouse_ack(state_conn, sync.name)
+        needs_snapshot = full_refresh or _needs_snapshot(conn, sync, tables, acked=acked)
     if needs_snapshot:
         record_lakehouse_state(
             state_conn, name=sync.name, mode=sync.mode,
@@ -120,12 +124,18 @@ def _sync(
             failed_tables={},
         )  # fmt: skip
         lsn, copied = take_snapshot(sync, source, tables)
+        record_lakehouse_ack(state_conn, name=sync.name, lsn=lsn)  # where the new slot starts
         record_lakehouse_state(
             state_conn, name=sync.name, mode=sync.mode, state=states.ONLINE_NO_PENDING_UPDATE,
             last_lsn=lsn, failed_tables={},
         )  # fmt: skip
         failed = {}
-    drained = drain(sync, source, failed=failed)
+    drained = drain(
+        sync,
+        source,
+        failed=failed,
+        on_acknowledge=lambda lsn: record_lakehouse_ack(state_conn, name=sync.name, lsn=lsn),
+    )
     record_flush(state_conn, sync, drained, failed=failed)
     return LakehouseResult(
         name=sync.name,
@@ -140,10 +150,15 @@ def _sync(
 
 
 def _needs_snapshot(
-    conn: psycopg.Connection, sync: LakehouseSync, tables: list[slots.TableInfo]
+    conn: psycopg.Connection,
+    sync: LakehouseSync,
+    tables: list[slots.TableInfo],
+    *,
+    acked: int | None,
 ) -> bool:
     """True for a first run (or one whose snapshot never finished); a SlotLost error when the
-    slot is gone or invalidated although Delta holds data."""
+    slot is gone or invalidated although Delta holds data, or stands past `acked` (the furthest
+    this sync ever acknowledged): re-created, or advanced by something else."""
     landed = [
         writer.transaction_version(uri, app_id(sync), storage_options=sync.storage_options)
         for uri in _locations(sync, tables)
@@ -159,6 +174,18 @@ def _needs_snapshot(
             "held are lost to it, and re-creating it silently would skip them. Run "
             f"`reverse-etl sync {sync.name} --full-refresh` to take a new snapshot"
         )
+    if (
+        acked is not None
+        and info.confirmed_flush_lsn is not None
+        and info.confirmed_flush_lsn > acked
+    ):
+        raise SlotLost(
+            f"lakehouse sync {sync.name!r}: replication slot {sync.slot} stands at LSN "
+            f"{format_lsn(info.confirmed_flush_lsn)}, past {format_lsn(acked)}, the furthest this "
+            "sync acknowledged: it was re-created or advanced by something else, and the changes "
+            f"in between are lost to it. Run `reverse-etl sync {sync.name} --full-refresh` to "
+            "take a new snapshot"
+        )
     return False
 
 
@@ -172,7 +199,13 @@ def _locations(sync: LakehouseSync, tables: list[slots.TableInfo]) -> list[str]:
     return uris
 
 
-def drain(sync: LakehouseSync, source: str, *, failed: dict[str, str]) -> Flushed:
+def drain(
+    sync: LakehouseSync,
+    source: str,
+    *,
+    failed: dict[str, str],
+    on_acknowledge: Callable[[int], None] | None = None,
+) -> Flushed:
     """Land every change committed before now, acknowledge it, and stop."""
     with connect(source, autocommit=True) as conn:
         info = slots.slot_info(conn, sync.slot)
@@ -182,7 +215,7 @@ def drain(sync: LakehouseSync, source: str, *, failed: dict[str, str]) -> Flushe
     total = Flushed()
     if info.confirmed_flush_lsn is not None and info.confirmed_flush_lsn >= target:
         return total
-    stream = ChangeStream(sync, source, failed_tables=failed)
+    stream = ChangeStream(sync, source, failed_tables=failed, on_acknowledge=on_acknowledge)
     try:
         stream.request_position()
         while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,18 +28,24 @@ from reverse_etl_assets.postgres.replication.messages import (
     Delete,
     Insert,
     Relation,
+    RelationColumn,
     Truncate,
     Update,
 )
 from reverse_etl_assets.postgres.replication.stream import ReplicationStream
-from reverse_etl_assets.schema.postgres_to_delta import arrow_type
+from reverse_etl_assets.schema.postgres_to_delta import arrow_type, cast_column
 from reverse_etl_assets.spec import LakehouseSync
 from reverse_etl_assets.transform.lakehouse_changes import (
     LSN,
+    MirrorChanges,
     fill_unchanged,
     history_rows,
     mirror_changes,
+    table_columns,
+    unchanged_columns,
     unfilled_keys,
+    with_older_rows,
+    with_untouched_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -90,8 +97,10 @@ class ChangeStream:
         *,
         failed_tables: dict[str, str],
         application_name: str = "reverse_etl lakehouse",
+        on_acknowledge: Callable[[int], None] | None = None,
     ) -> None:
         self.sync = sync
+        self.on_acknowledge = on_acknowledge
         self.dsn = dsn
         self.failed = dict(failed_tables)
         self.new_failures: dict[str, str] = {}
@@ -107,6 +116,7 @@ class ChangeStream:
         self.keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self.pending: dict[tuple[str, str], TableChanges] = {}
         self.versions: dict[str, int] = {}
+        self.mirror_columns: dict[str, set[str]] = {}  # per mirror URI, as far as known
         self.txn: Begin | None = None
         self.seq = 0
         self.pending_rows = 0
@@ -209,8 +219,11 @@ class ChangeStream:
         return result
 
     def acknowledge(self, lsn: int) -> None:
-        """Tell the server everything up to `lsn` is safe in Delta (it may recycle that WAL)."""
+        """Tell the server everything up to `lsn` is safe in Delta (it may recycle that WAL);
+        `on_acknowledge` hears of a new position first."""
         if lsn > self.acked:
+            if self.on_acknowledge is not None:
+                self.on_acknowledge(lsn)
             self.acked = lsn
         self.stream.send_status(flush_lsn=self.acked)
 
@@ -325,11 +338,16 @@ class ChangeStream:
         if keys and self.sync.mirror:
             unfilled = unfilled_keys(frame, keys)
             if unfilled.num_rows:  # unchanged TOAST values the batch itself cannot fill
+                # The mirror's values of exactly the columns left unsent: without them the
+                # prior rows carry keys only and nothing gets filled.
                 prior = writer.lookup_rows(
-                    mirror_uri, keys, unfilled, columns=None,
+                    mirror_uri, keys, unfilled, columns=unchanged_columns(frame),
                     storage_options=self.sync.storage_options,
                 )  # fmt: skip
-        filled = fill_unchanged(frame, keys, prior=prior) if keys else frame
+        # The mirror may hold some of these transactions already (a replay after a crash): its
+        # rows are current as of its version, so they count from there on.
+        prior_lsn = self._version(mirror_uri) if prior is not None else None
+        filled = fill_unchanged(frame, keys, prior=prior, prior_lsn=prior_lsn) if keys else frame
         if self.sync.history:
             uri = self.sync.history_uri(table)
             rows = self._new_rows(uri, filled)
@@ -348,7 +366,7 @@ class ChangeStream:
             if rows.num_rows:
                 writer.merge_changes(
                     mirror_uri,
-                    mirror_changes(rows, keys),
+                    self._mirror_changes(schema, table, changes, rows, keys),
                     key_columns=keys,
                     app_id=app_id(self.sync),
                     version=version,
@@ -358,20 +376,62 @@ class ChangeStream:
                 landed = landed if landed is not None else rows
         return landed
 
+    def _mirror_changes(
+        self, schema: str, table: str, changes: TableChanges, rows: pa.Table, keys: tuple[str, ...]
+    ) -> MirrorChanges:
+        """The MERGE input for the mirror. A column added with a DEFAULT since the mirror's last
+        commit reads that default in Postgres for every older row: the changes made before the
+        column existed, and the mirror rows the batch does not touch, get it too."""
+        uri = self.sync.mirror_uri(table)
+        options = self.sync.storage_options
+        if uri not in self.mirror_columns:
+            target = writer.schema_of(uri, storage_options=options)
+            self.mirror_columns[uri] = set() if target is None else set(target.names)
+        known = self.mirror_columns[uri]
+        new = [c for c in table_columns(rows) if known and c not in known]
+        known.update(table_columns(rows))
+        older = slots.older_row_values(self.catalog, schema, table, new) if new else {}
+        positions = {c: changes.first_with(c) for c in older}
+        since = {c: p for c, p in positions.items() if p is not None}
+        values = {
+            c: cast_column(_column(changes, c), pa.array([older[c]], pa.binary()))[0] for c in since
+        }
+        if not values:
+            return mirror_changes(rows, keys)
+        merged = mirror_changes(
+            with_older_rows(rows, values, since),
+            keys,
+        )
+        if merged.clear_first:
+            return merged  # every older row is gone
+        return with_untouched_rows(
+            merged, writer.read_keys(uri, keys, storage_options=options), values
+        )
+
     def _new_rows(self, uri: str, frame: pa.Table) -> pa.Table:
         """The rows of `frame` from transactions the Delta table at `uri` does not hold yet."""
+        return frame.filter(pc.greater(frame[LSN], self._version(uri)))
+
+    def _version(self, uri: str) -> int:
+        """The commit LSN of the last source transaction the Delta table at `uri` holds (-1:
+        none)."""
         if uri not in self.versions:
             stored = writer.transaction_version(
                 uri, app_id(self.sync), storage_options=self.sync.storage_options
             )
             self.versions[uri] = -1 if stored is None else stored
-        return frame.filter(pc.greater(frame[LSN], self.versions[uri]))
+        return self.versions[uri]
 
     def _keys(self, schema: str, table: str) -> tuple[str, ...]:
         if (schema, table) not in self.keys:
             info = slots.table_columns(self.catalog, schema, table)
             self.keys[(schema, table)] = info.primary_key if info is not None else ()
         return self.keys[(schema, table)]
+
+
+def _column(changes: TableChanges, name: str) -> RelationColumn:
+    """The column `name` as the latest shape of the table's changes describes it."""
+    return next(c for c in changes.segments[-1].relation.columns if c.name == name)
 
 
 def _count_types(frame: pa.Table) -> dict[str, int]:

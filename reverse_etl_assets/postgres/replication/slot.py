@@ -328,6 +328,21 @@ def table_columns(conn: psycopg.Connection, schema: str, table: str) -> TableInf
     )
 
 
+def older_row_values(
+    conn: psycopg.Connection, schema: str, table: str, columns: Sequence[str]
+) -> dict[str, bytes]:
+    """For each of `columns` added with a constant DEFAULT, the text form of the value Postgres
+    reports for rows older than the column (pg_attribute.attmissingval); others are absent."""
+    rows = conn.execute(
+        "SELECT a.attname::text, (a.attmissingval::text::text[])[1] FROM pg_attribute a"
+        " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attname = ANY(%s)"
+        " AND a.attnum > 0 AND NOT a.attisdropped AND a.atthasmissing",
+        [schema, table, list(columns)],
+    ).fetchall()
+    return {name: value.encode() for name, value in rows if value is not None}
+
+
 def _slot_view_columns(conn: psycopg.Connection) -> set[str]:
     """The columns pg_replication_slots has on this server version."""
     rows = conn.execute(
