@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
+from deltalake.schema import Field, PrimitiveType
 
 SCHEMA = pa.schema(
     [
@@ -36,7 +37,8 @@ SCHEMA = pa.schema(
         ("blob", pa.binary()),
     ]
 )
-COLUMNS = tuple(SCHEMA.names)
+# The column `add_column` adds to the source once the workload runs.
+ADDED = pa.field("note", pa.string())
 # "a\x00p" is stripped to "ap", which no other region is: a NUL byte in a key (and a partition
 # value) without two source keys landing on one Postgres key.
 REGIONS = ("eu", "us", "a\x00p")
@@ -66,6 +68,12 @@ class DeltaWorkload:
         self.used_ts: set[int] = set()
         self.gone: list[tuple[Any, ...]] = []  # keys deleted from the source, to re-insert
         self.duplicated_rid: int | None = None
+        self.schema = SCHEMA
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The source's columns now."""
+        return tuple(self.schema.names)
 
     # -- reading the source -------------------------------------------------------------------
 
@@ -121,6 +129,7 @@ class DeltaWorkload:
             "born_on": self._maybe(date(1900, 1, 1) + timedelta(days=rng.randrange(80_000))),
             "tags": self._maybe(tags),
             "blob": self._maybe(rng.randbytes(rng.randrange(6))),
+            ADDED.name: self._text(),
         }
 
     def new_row(self, key: tuple[Any, ...] | None = None) -> dict[str, Any]:
@@ -135,7 +144,8 @@ class DeltaWorkload:
         return row
 
     def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
-        return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], SCHEMA)
+        columns = self.columns
+        return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], self.schema)
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -162,7 +172,12 @@ class DeltaWorkload:
             (1, self.reinsert),
             (1, self.null_keys),
             (1, self.update_expression),
+            (1, self.replace_where),
+            (0.5, self.compact),
+            (0.3, self.vacuum),
         ]
+        if ADDED.name not in self.columns:
+            ops.append((0.3, self.add_column))
         if not self.shape.timeseries:
             ops.append((1, self.swap_keys))
         if self.shape.partition_by:
@@ -186,7 +201,7 @@ class DeltaWorkload:
     def append_files(self) -> str:
         rows = [self.new_row() for _ in range(self.rng.randint(10, 40))]
         data = self._table(rows)
-        reader = pa.RecordBatchReader.from_batches(SCHEMA, data.to_batches(max_chunksize=8))
+        reader = pa.RecordBatchReader.from_batches(data.schema, data.to_batches(max_chunksize=8))
         write_deltalake(str(self.path), reader, mode="append", target_file_size=100)
         return f"append {len(rows)} rows in several files"
 
@@ -384,6 +399,52 @@ class DeltaWorkload:
             partition_by=list(self.shape.partition_by) or None,
         )
         return f"overwrite with {len(kept)} rows"
+
+    def add_column(self) -> str:
+        """A new nullable column (NULL in every row so far); later rows may fill it."""
+        DeltaTable(str(self.path)).alter.add_columns(
+            Field(ADDED.name, PrimitiveType("string"), nullable=True)
+        )
+        self.schema = self.schema.append(ADDED)
+        return f"add column {ADDED.name!r}"
+
+    def replace_where(self) -> str:
+        """An overwrite of one region's rows only (`predicate`): kept, changed, dropped, added."""
+        region = self.rng.choice(REGIONS)
+        rows = []
+        for row in self.rows():
+            if row["region"] != region:
+                continue
+            pick = self.rng.random()
+            if pick < 0.2:
+                if not self.shape.timeseries:
+                    self.gone.append(self.key_of(row))
+                continue
+            rows.append({**row, **self.values()} if pick < 0.4 else row)
+        rows += [{**self.new_row(), "region": region} for _ in range(self.rng.randint(0, 4))]
+        write_deltalake(
+            str(self.path),
+            self._table(rows),
+            mode="overwrite",
+            predicate=f"region = {_literal(region)}",
+        )
+        return f"overwrite region={region!r} with {len(rows)} rows"
+
+    def compact(self) -> str:
+        """File compaction (and a log checkpoint): a version that changes no row."""
+        table = DeltaTable(str(self.path))
+        table.optimize.compact()
+        DeltaTable(str(self.path)).create_checkpoint()
+        return "compact"
+
+    def vacuum(self) -> str:
+        """Compaction, then a vacuum that deletes every file the current version does not use:
+        the change data of versions not synced yet can no longer be read."""
+        DeltaTable(str(self.path)).optimize.compact()
+        DeltaTable(str(self.path)).vacuum(
+            retention_hours=0, enforce_retention_duration=False, dry_run=False
+        )
+        return "compact and vacuum"
 
     # -- duplicate keys (a user error with a defined outcome) ---------------------------------
 

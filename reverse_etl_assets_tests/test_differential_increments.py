@@ -23,8 +23,8 @@ from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.pipelines.delta_to_postgres import incremental
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.spec import SyncedTable
-from reverse_etl_assets_tests.delta_workload import COLUMNS, DeltaWorkload, Shape
-from reverse_etl_assets_tests.helpers import one_table, stored_state
+from reverse_etl_assets_tests.delta_workload import DeltaWorkload, Shape
+from reverse_etl_assets_tests.helpers import fetch, one_table, stored_state
 
 TARGET = sql.Identifier("gold", "items_synced")
 
@@ -32,13 +32,14 @@ TARGET = sql.Identifier("gold", "items_synced")
 def expected_rows(workload: DeltaWorkload) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     """What Postgres must hold: the source's rows by key, NULL keys skipped, NUL bytes stripped
     (`on_invalid_characters: strip`), with a timeseries the latest row per key."""
-    ts = COLUMNS.index("ts")
+    columns = workload.columns
+    ts = columns.index("ts")
     found: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for row in workload.rows():
         key = workload.key_of(row)
         if None in key:
             continue
-        values = tuple(_stripped(row[c]) for c in COLUMNS)
+        values = tuple(_stripped(row[c]) for c in columns)
         key = tuple(_stripped(k) for k in key)
         if workload.shape.timeseries and key in found and _newer(found[key][ts], values[ts]):
             continue
@@ -60,14 +61,21 @@ def _stripped(value: Any) -> Any:
     return value
 
 
-def synced_rows(dsn: str, key: tuple[str, ...]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+def synced_rows(
+    dsn: str, key: tuple[str, ...], columns: tuple[str, ...]
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     query = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), TARGET
+        sql.SQL(", ").join(map(sql.Identifier, columns)), TARGET
     )
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(query).fetchall()
-    positions = [COLUMNS.index(k) for k in key]
+    positions = [columns.index(k) for k in key]
     return {tuple(r[i] for i in positions): tuple(r) for r in rows}
+
+
+def everything(dsn: str) -> list[tuple[Any, ...]]:
+    """The synced table's rows, whatever its columns, in a fixed order."""
+    return sorted(fetch(dsn, sql.SQL("SELECT * FROM {}").format(TARGET)), key=repr)
 
 
 def _short(value: Any) -> str:
@@ -76,7 +84,9 @@ def _short(value: Any) -> str:
 
 
 def differences(
-    want: dict[tuple[Any, ...], tuple[Any, ...]], got: dict[tuple[Any, ...], tuple[Any, ...]]
+    want: dict[tuple[Any, ...], tuple[Any, ...]],
+    got: dict[tuple[Any, ...], tuple[Any, ...]],
+    columns: tuple[str, ...],
 ) -> list[str]:
     """Up to 5 differing keys of each kind, described."""
     missing = sorted((k for k in want if k not in got), key=repr)
@@ -85,7 +95,7 @@ def differences(
     lines = [f"missing in Postgres: {k} (source {_short(want[k])})" for k in missing[:5]]
     lines += [f"not in the source: {k} (Postgres {_short(got[k])})" for k in extra[:5]]
     for k in changed[:5]:
-        cols = [c for c, a, b in zip(COLUMNS, want[k], got[k], strict=True) if a != b]
+        cols = [c for c, a, b in zip(columns, want[k], got[k], strict=True) if a != b]
         lines.append(
             f"differs at {k} in {cols}: source {_short(want[k])} Postgres {_short(got[k])}"
         )
@@ -141,8 +151,9 @@ class Differential:
         """Postgres equals the source's current version; the checkpoint says so."""
         version = DeltaTable(str(self.workload.path)).version()
         want = expected_rows(self.workload)
-        got = synced_rows(self.dsn, self.workload.shape.key)
-        diff = differences(want, got)
+        columns = self.workload.columns
+        got = synced_rows(self.dsn, self.workload.shape.key, columns)
+        diff = differences(want, got, columns)
         if diff:
             self.fail(f"Postgres differs from Delta version {version}", diff)
         state = stored_state(self.dsn)
@@ -158,7 +169,7 @@ class Differential:
     def refuse_duplicates(self) -> None:
         """Two rows of one key in one version: a DataError, Postgres and checkpoint unchanged;
         once the source removes one, the next sync lands the source (as a snapshot)."""
-        before = synced_rows(self.dsn, self.workload.shape.key)
+        before = everything(self.dsn)
         version = stored_state(self.dsn).last_synced_version
         self.log.append(self.workload.duplicate())
         try:
@@ -169,7 +180,7 @@ class Differential:
                 self.fail("the wrong error for a duplicate key", [str(exc)])
         else:
             self.fail("a duplicate key was synced", [f"{result}"])
-        if synced_rows(self.dsn, self.workload.shape.key) != before:
+        if everything(self.dsn) != before:
             self.fail("a refused sync changed Postgres", [])
         if stored_state(self.dsn).last_synced_version != version:
             self.fail("a refused sync moved the checkpoint", [])
