@@ -59,8 +59,11 @@ class DeltaWorkload:
     """Random operations on the Delta table at `path`, drawn from `rng`; each returns a line for
     the operation log."""
 
-    def __init__(self, path: Path, shape: Shape, rng: random.Random) -> None:
+    def __init__(self, path: Path, shape: Shape, rng: random.Random, *, scale: int = 1) -> None:
         self.path = path
+        # Operations touch up to `scale` times more rows (those written as SQL lists, a hundred
+        # times at most).
+        self.scale = scale
         self.shape = shape
         self.rng = rng
         self.next_id = 0
@@ -187,19 +190,23 @@ class DeltaWorkload:
         weights, choices = zip(*ops, strict=True)
         return self.rng.choices(choices, weights=weights)[0]()
 
-    def _sample(self, rows: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
+    def _sample(
+        self, rows: list[dict[str, Any]], most: int, *, listed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Up to `most` (scaled) random rows; `listed`: rows a SQL statement will list."""
+        most *= min(self.scale, 100) if listed else self.scale
         return self.rng.sample(rows, min(len(rows), self.rng.randint(1, most)))
 
     def _rids(self, rows: list[dict[str, Any]]) -> str:
         return ", ".join(str(r["rid"]) for r in rows)
 
     def append(self) -> str:
-        rows = [self.new_row() for _ in range(self.rng.randint(1, 12))]
+        rows = [self.new_row() for _ in range(self.rng.randint(1, 12 * self.scale))]
         write_deltalake(str(self.path), self._table(rows), mode="append")
         return f"append {[self.key_of(r) for r in rows]}"
 
     def append_files(self) -> str:
-        rows = [self.new_row() for _ in range(self.rng.randint(10, 40))]
+        rows = [self.new_row() for _ in range(self.rng.randint(10, 40) * self.scale)]
         data = self._table(rows)
         reader = pa.RecordBatchReader.from_batches(data.schema, data.to_batches(max_chunksize=8))
         write_deltalake(str(self.path), reader, mode="append", target_file_size=100)
@@ -254,7 +261,7 @@ class DeltaWorkload:
 
     def update_expression(self) -> str:
         """An UPDATE with SQL expressions (one value changes, others stay)."""
-        chosen = self._sample(self.rows(), 10)
+        chosen = self._sample(self.rows(), 10, listed=True)
         DeltaTable(str(self.path)).update(
             updates={"qty": "qty + 1", "label": "concat(label, 'x')"},
             predicate=f"rid IN ({self._rids(chosen)})",
@@ -275,7 +282,7 @@ class DeltaWorkload:
         """An UPDATE that gives a random subset new keys (a timeseries event moves key)."""
         current = self.rows()
         taken = self._keys(current)
-        chosen = self._sample(current, 6)
+        chosen = self._sample(current, 6, listed=True)
         moves = []
         cases: dict[str, list[str]] = {k: [] for k in self.shape.key}
         for row in chosen:
@@ -310,7 +317,7 @@ class DeltaWorkload:
         return f"swap keys {self.key_of(a)} <-> {self.key_of(b)}"
 
     def delete(self) -> str:
-        chosen = self._sample(self.rows(), 8)
+        chosen = self._sample(self.rows(), 8, listed=True)
         DeltaTable(str(self.path)).delete(f"rid IN ({self._rids(chosen)})")
         self.gone.extend(self.key_of(r) for r in chosen if not self.shape.timeseries)
         return f"delete {[self.key_of(r) for r in chosen]}"
