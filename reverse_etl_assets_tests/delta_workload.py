@@ -87,6 +87,10 @@ class DeltaWorkload:
     def key_of(self, row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(row[k] for k in self.shape.key)
 
+    def _stripped_key(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        """The key as Postgres holds it (NUL bytes stripped)."""
+        return tuple(v.replace("\x00", "") if isinstance(v, str) else v for v in self.key_of(row))
+
     def _keys(self, rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
         return {self.key_of(r) for r in rows}
 
@@ -215,7 +219,7 @@ class DeltaWorkload:
     def append_events(self) -> str:
         """Timeseries only: new rows for existing keys, older or newer than theirs."""
         current = self.rows()
-        keys = [self.key_of(r) for r in self._sample(current, 6) if self.key_of(r)[0] is not None]
+        keys = [self.key_of(r) for r in self._sample(current, 6) if None not in self.key_of(r)]
         rows = [self.new_row(k) for k in keys]
         write_deltalake(str(self.path), self._table(rows), mode="append")
         return f"append events of {keys}"
@@ -223,25 +227,26 @@ class DeltaWorkload:
     def append_stale_events(self) -> str:
         """Timeseries only: two rows for an existing key in one version, sharing a `ts` older
         than the key's latest (or NULL): a tie that never decides the key's row."""
-        latest: dict[Any, int] = {}
+        latest: dict[tuple[Any, ...], int] = {}
         for row in self.rows():
-            if row["id"] is not None and row["ts"] is not None:
-                latest[row["id"]] = max(row["ts"], latest.get(row["id"], row["ts"]))
+            key = self.key_of(row)
+            if None not in key and row["ts"] is not None:
+                latest[key] = max(row["ts"], latest.get(key, row["ts"]))
         keys = self.rng.sample(sorted(latest), min(len(latest), self.rng.randint(1, 4)))
         rows = []
         for key in keys:
             stale = self.rng.choice([None, self.rng.randrange(latest[key] + 1)])
-            rows += [{**self.new_row((key,)), "ts": stale} for _ in range(2)]
+            rows += [{**self.new_row(key), "ts": stale} for _ in range(2)]
         write_deltalake(str(self.path), self._table(rows), mode="append")
         return f"append tied older events of {keys}"
 
     def break_ties(self) -> str | None:
         """Timeseries only: delete all but one of the rows sharing a key's latest `ts` (NULLs
         last), which the source may hold after deletes; None when there are none."""
-        by_key: dict[Any, list[dict[str, Any]]] = {}
+        by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for row in self.rows():
-            if row["id"] is not None:
-                by_key.setdefault(row["id"], []).append(row)
+            if None not in self.key_of(row):
+                by_key.setdefault(self._stripped_key(row), []).append(row)
         doomed = []
         for rows in by_key.values():
             top = max(rows, key=_recency)

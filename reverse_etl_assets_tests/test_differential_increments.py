@@ -219,6 +219,9 @@ SHAPES = {
     "partitioned off the key": Shape(partition_by=("region",)),
     "partitioned by a boolean": Shape(partition_by=("flag",)),
     "timeseries": Shape(timeseries=True),
+    "timeseries, composite key, partitioned": Shape(
+        key=("id", "region"), partition_by=("region",), timeseries=True
+    ),
 }
 
 
