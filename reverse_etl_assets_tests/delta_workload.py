@@ -81,8 +81,10 @@ class DeltaWorkload:
     # -- reading the source -------------------------------------------------------------------
 
     def rows(self) -> list[dict[str, Any]]:
-        """The Delta table's current rows."""
-        return DeltaTable(str(self.path)).to_pyarrow_table().to_pylist()
+        """The Delta table's current rows, by rid (the order files are read in may vary, the
+        workload's choices must not)."""
+        rows = DeltaTable(str(self.path)).to_pyarrow_table().to_pylist()
+        return sorted(rows, key=lambda row: row["rid"])
 
     def key_of(self, row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(row[k] for k in self.shape.key)
