@@ -199,7 +199,9 @@ class Differential:
                 if self.rng.random() < 0.5:
                     continue  # the duplicates and their fix land in one range, later
             self.sync(self.forced if self.rng.random() < 0.75 else self.by_cost)
-        assert self.paths.count("incremental") >= len(self.paths) // 2, self.paths
+        # Snapshots have their reasons (duplicates fixed later, a vacuumed range, a rewrite of
+        # the whole table), but the increment is what is under test.
+        assert self.paths.count("incremental") >= len(self.paths) // 3, self.paths
 
 
 @pytest.fixture
