@@ -152,7 +152,13 @@ def test_null_key_rows_count_what_arrives_minus_what_leaves(
     assert netted(conn, net_last(conn, preparer, sort)) == ({4: "z"}, [])
 
 
-def timeseries(conn: psycopg.Connection, rows: list[Row]) -> change_stage.Net:
+def timeseries(
+    conn: psycopg.Connection, rows: list[Row], stored: list[tuple[int, int | None]] = ()
+) -> change_stage.Net:
+    """Net an append-only range of a timeseries table whose synced rows are `stored`."""
+    conn.execute("CREATE TEMP TABLE synced (id bigint PRIMARY KEY, at bigint)")
+    for row in stored:
+        conn.execute("INSERT INTO synced VALUES (%s, %s)", row)
     preparer = stage(conn, [cdf(rows, pa.int64(), "at")], keep_keys=True)
     return change_stage.net_latest_rows(
         conn,
@@ -161,6 +167,7 @@ def timeseries(conn: psycopg.Connection, rows: list[Row]) -> change_stage.Net:
         timeseries_key="at",
         table="t",
         resolved=False,
+        target=sql.Identifier("synced"),
     )
 
 
@@ -172,6 +179,20 @@ def test_timeseries_key_resolves_duplicates_within_a_version(conn: psycopg.Conne
 def test_timeseries_ties_on_the_latest_value_are_a_duplicate_key(conn: psycopg.Connection) -> None:
     with pytest.raises(DataError, match=r"\{'id': 1\}: rows with the same key share the latest"):
         timeseries(conn, [(1, 9, "insert", 2), (1, 9, "insert", 3), (2, 1, "insert", 2)])
+
+
+def test_timeseries_ties_older_than_the_stored_row_are_not_a_duplicate(
+    conn: psycopg.Connection,
+) -> None:
+    # Key 1's stored row (at 9) stays the latest: new rows tied at 4, or at NULL (ranked last),
+    # do not decide it. Key 2's new rows tie at the stored value: a duplicate, as a snapshot says.
+    stored = [(1, 9), (2, 5)]
+    tied: list[Row] = [(1, 4, "insert", 2), (1, 4, "insert", 3)]
+    tied += [(1, None, "insert", 3), (1, None, "insert", 3)]
+    assert netted(conn, timeseries(conn, tied, stored), "at") == ({}, [])
+    conn.execute("DROP TABLE synced, _retl_changes, _retl_net")
+    with pytest.raises(DataError, match=r"\{'id': 2\}: rows with the same key share the latest"):
+        timeseries(conn, [(2, 5, "insert", 2), (2, 5, "insert", 2)], stored)
 
 
 def test_timeseries_keeps_the_touched_keys_when_rows_leave(conn: psycopg.Connection) -> None:

@@ -291,6 +291,21 @@ def test_partition_columns_come_through(tmp_path: Path, pg_dsn: str) -> None:
     assert rows_of(pg_dsn, "gold", "items_synced", "id") == [(1, "eu"), (2, "us"), (3, "eu")]
 
 
+def test_a_column_added_after_older_files_reads_as_null_in_them(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    from deltalake import write_deltalake
+
+    src = tmp_path / "src"
+    write_delta(src, items([1, 2]))
+    wider = items([3]).append_column("score", pa.array([1.5]))
+    write_deltalake(str(src), wider, mode="append", schema_mode="merge")
+    table = one_table(tmp_path, source=str(src), primary_key=["id"])
+    assert sync_table(table, pg_dsn).path == "snapshot"
+    got = rows_of(pg_dsn, "gold", "items_synced", "id")
+    assert got == [(1, "n1", None), (2, "n2", None), (3, "n3", 1.5)]
+
+
 def test_empty_source_gives_empty_table(tmp_path: Path, pg_dsn: str) -> None:
     write_delta(tmp_path / "src", items([]))
     table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"])

@@ -129,6 +129,17 @@ def test_timeseries_late_older_event_in_a_later_version_does_not_win(
     assert synced_events(pg_dsn) == latest_per_key(src) == [(1, 1, "a1"), (2, 10, "b10")]
 
 
+def test_timeseries_late_events_tied_below_the_synced_row(tmp_path: Path, pg_dsn: str) -> None:
+    src = tmp_path / "src"
+    write_delta(src, events([(1, 9, "a9"), *FILLER]))
+    table = triggered(tmp_path, src, timeseries_key="ts")
+    sync_table(table, pg_dsn)
+    # Two late events of key 1 share a time older than its synced row: no tie on the latest.
+    write_delta(src, events([(1, 4, "a4"), (1, 4, "a4'")]))
+    assert sync_table(table, pg_dsn).path == "incremental"
+    assert synced_events(pg_dsn) == latest_per_key(src) == [(1, 9, "a9")]
+
+
 def test_timeseries_rows_replaced_by_older_ones(tmp_path: Path, pg_dsn: str) -> None:
     src = tmp_path / "src"
     write_delta(src, events([(1, 9, "a9"), (2, 9, "b9"), *FILLER]))

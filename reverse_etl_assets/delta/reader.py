@@ -171,12 +171,15 @@ def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> pa.Table:
 def _conform(
     batch: pa.RecordBatch, schema: pa.Schema, partition: dict[str, object]
 ) -> pa.RecordBatch:
-    """A file's batch in the table's schema: partition values added, columns ordered and typed."""
+    """A file's batch in the table's schema: partition values added, columns ordered and typed
+    (a column added to the table after the file was written is NULL in it)."""
     arrays = []
     for field in schema:
         if field.name in partition:
             value = pa.scalar(partition[field.name], field.type)
             arrays.append(pa.repeat(value, batch.num_rows))  # no Python list per row
+        elif field.name not in batch.schema.names:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
         else:
             column = batch.column(field.name)
             arrays.append(column if column.type == field.type else column.cast(field.type))

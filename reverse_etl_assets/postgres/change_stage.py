@@ -257,6 +257,18 @@ def invalid_characters_statement(key: tuple[str, ...]) -> sql.Composed:
     ).format(key=_names(key), invalid=sql.Identifier(INVALID), net=sql.Identifier(NET))
 
 
+def outranked_statement(
+    key: tuple[str, ...], timeseries_key: str, target: sql.Composable
+) -> sql.Composed:
+    """DELETE from the net table the rows older than their key's row in `target` (NULLs last):
+    an appended row that would not replace it, so not one a tie among new rows could decide."""
+    ts = sql.Identifier(timeseries_key)
+    return sql.SQL(
+        "DELETE FROM {net} AS n USING {target} AS t WHERE {match} "
+        "AND t.{ts} IS NOT NULL AND (n.{ts} IS NULL OR n.{ts} < t.{ts})"
+    ).format(net=sql.Identifier(NET), target=target, match=_match(key, "t", "n"), ts=ts)
+
+
 def ties_statement(key: tuple[str, ...]) -> sql.Composed:
     """One key with more than one row in the net table (a tie on the latest timeseries value)."""
     return sql.SQL("SELECT {key} FROM {net} GROUP BY {key} HAVING count(*) > 1 LIMIT 1").format(
@@ -332,15 +344,21 @@ def net_latest_rows(
     timeseries_key: str,
     table: str,
     resolved: bool,
+    target: sql.Composable,
 ) -> Net:
     """Build the net table of a timeseries table. `resolved`: the
     range removed rows and the caller staged the touched keys' remaining rows in REMAINING
     (their latest row is upserted, a key with none left is deleted); else the latest new row per
-    key of the stage."""
+    key of the stage that is not older than the key's row in `target` (the synced table).
+
+    Rows tied on the latest value are a duplicate key (a DataError) only when they are the key's
+    latest: new rows tied below the stored row's value are not in the way, as in a snapshot."""
     source = REMAINING if resolved else STAGE
     count = conn.execute(
         latest_rows_statement(key, _column_names(columns), timeseries_key, source=source)
     ).rowcount
+    if not resolved:
+        count -= conn.execute(outranked_statement(key, timeseries_key, target)).rowcount
     tie = conn.execute(ties_statement(key)).fetchone()
     if tie is not None:
         raise DataError(

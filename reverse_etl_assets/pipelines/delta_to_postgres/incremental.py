@@ -274,6 +274,7 @@ def _net(
         timeseries_key=table.timeseries_key,
         table=table.name,
         resolved=resolved and touched is not None,
+        target=sql.Identifier(table.pg_schema, table.pg_table),
     )
 
 
