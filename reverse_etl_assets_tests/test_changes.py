@@ -66,13 +66,20 @@ def sort(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-def net_last(conn: psycopg.Connection, preparer: ChangePreparer, sort: bool) -> change_stage.Net:
+def net_last(
+    conn: psycopg.Connection, preparer: ChangePreparer, sort: bool, held: tuple[int, ...] = ()
+) -> change_stage.Net:
+    """Net the stage against a synced table holding the keys `held` (at L)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS synced (id bigint PRIMARY KEY)")
+    conn.execute("INSERT INTO synced SELECT unnest(%s::bigint[])", (list(held),))
     return change_stage.net_last_changes(
         conn,
         key=("id",),
         columns=preparer.columns[:2],
         table="t",
+        target=sql.Identifier("synced"),
         arriving_rows=preparer.arriving_rows,
+        inserted_rows=preparer.inserted_rows,
         sort=sort,
     )
 
@@ -125,7 +132,9 @@ def test_two_new_rows_for_one_key_in_one_version_fail(conn: psycopg.Connection, 
 def test_same_key_in_different_versions_is_not_a_duplicate(
     conn: psycopg.Connection, sort: bool
 ) -> None:
-    assert reduce(conn, [(7, "a", "insert", 3), (7, "b", "insert", 4)], sort) == ({7: "b"}, [])
+    rows: list[Row] = [(7, "a", "insert", 3), (7, "a", "update_preimage", 4)]
+    rows.append((7, "b", "update_postimage", 4))
+    assert reduce(conn, rows, sort) == ({7: "b"}, [])
 
 
 def test_null_keys_are_counted_not_applied(conn: psycopg.Connection, sort: bool) -> None:
@@ -248,3 +257,50 @@ def test_a_range_whose_keys_arrive_once_is_netted_without_the_sort(
     assert netted(conn, net) == ({1: "a", 2: "b"}, [3])
     exists = conn.execute("SELECT to_regclass('pg_temp._retl_net')").fetchone()
     assert exists == (None,)
+
+
+@pytest.mark.parametrize(
+    ("rows", "held"),
+    [
+        ([(7, "twin", "insert", 2)], (7,)),  # the key Postgres holds, added again
+        ([(7, "a", "insert", 1), (7, "b", "insert", 3)], ()),  # added twice, never removed
+        ([(7, "a", "update_postimage", 2), (7, "b", "insert", 3)], (7,)),  # updated, added again
+        ([(7, None, "delete", 2), (7, "a", "insert", 3), (7, "b", "insert", 4)], (7,)),
+    ],
+    ids=["held", "added-twice", "after-update", "re-added-twice"],
+)
+def test_an_insert_of_a_key_the_source_holds_already_is_a_duplicate(
+    conn: psycopg.Connection, sort: bool, rows: list[Row], held: tuple[int, ...]
+) -> None:
+    with pytest.raises(DataError, match=r"duplicate primary key \['id'\] .*\{'id': 7\} in version"):
+        net_last(conn, stage(conn, [cdf(rows)]), sort, held=held)
+
+
+@pytest.mark.parametrize(
+    ("rows", "held", "upserts"),
+    [
+        ([(7, None, "delete", 2), (7, "b", "insert", 3)], (7,), {7: "b"}),  # removed, added
+        ([(7, "b", "insert", 2), (7, None, "delete", 2)], (7,), {7: "b"}),  # an overwrite
+        ([(7, "a", "insert", 1), (7, None, "delete", 2), (7, "b", "insert", 3)], (), {7: "b"}),
+        ([(7, "a", "update_preimage", 2), (7, "b", "update_postimage", 2)], (7,), {7: "b"}),
+        ([(8, "new", "insert", 2)], (7,), {8: "new"}),
+    ],
+    ids=["removed-then-added", "overwrite", "added-removed-added", "update", "new-key"],
+)
+def test_an_insert_after_its_key_left_is_no_duplicate(
+    conn: psycopg.Connection,
+    sort: bool,
+    rows: list[Row],
+    held: tuple[int, ...],
+    upserts: dict[int, str],
+) -> None:
+    net = net_last(conn, stage(conn, [cdf(rows)]), sort, held=held)
+    assert netted(conn, net) == (upserts, [])
+
+
+def test_a_duplicate_a_later_version_removed_goes_to_a_snapshot(
+    conn: psycopg.Connection, sort: bool
+) -> None:
+    rows: list[Row] = [(7, "twin", "insert", 2), (7, None, "delete", 3)]
+    with pytest.raises(change_stage.DuplicatesResolvedLater):
+        net_last(conn, stage(conn, [cdf(rows)]), sort, held=(7,))

@@ -214,14 +214,6 @@ def test_duplicate_keys_in_a_version_fail_and_change_nothing(tmp_path: Path, pg_
     assert stored_state(pg_dsn).last_synced_version == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an increment sees only the range's changes: a new row for a key the synced table "
-    "already holds (no change of the range removed it) looks like an update, so it replaces the "
-    "row where a snapshot refuses the duplicate. Telling them apart needs the change type "
-    "(insert or update) staged, the preimages pairing dropped remembered, and the arriving "
-    "inserts looked up in the synced table",
-)
 def test_a_new_row_for_a_key_already_synced_is_a_duplicate(tmp_path: Path, pg_dsn: str) -> None:
     src = tmp_path / "src"
     write_delta(src, items(range(100)))

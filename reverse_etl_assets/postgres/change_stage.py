@@ -26,7 +26,7 @@ from psycopg import sql
 from reverse_etl_assets.delta.cdf_columns import COMMIT_VERSION
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
-from reverse_etl_assets.transform.changes import ARRIVING, INVALID
+from reverse_etl_assets.transform.changes import ARRIVING, INSERTED, INVALID
 
 STAGE = "_retl_changes"
 REMAINING = "_retl_remaining"
@@ -189,6 +189,52 @@ def final_duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
     )
 
 
+def present_keys_statement(
+    key: tuple[str, ...], target: sql.Composable, *, repeated: bool
+) -> sql.Composed:
+    """Up to five inserted rows (key, version, whether a later change removed the key) whose key
+    was there already: in `target` (the synced table at L) with no change of the range removing it
+    first, or (`repeated`: some key arrives more than once) arrived earlier in the range and not
+    removed since. A leaving row of the insert's own version came first (arriving rows win
+    within a version). Each is a second row of one key in the source. Rows whose NUL byte was
+    stripped under `fail` are left to that rule (`refuse_invalid_characters`)."""
+    earlier: sql.Composable = sql.SQL("")
+    if repeated:
+        earlier = sql.SQL(
+            " OR EXISTS (SELECT 1 FROM {stage} AS a WHERE a.{arriving} AND a.{invalid} IS NULL "
+            "AND {a_match} "
+            "AND a.{version} < s.{version} AND NOT EXISTS (SELECT 1 FROM {stage} AS l "
+            "WHERE NOT l.{arriving} AND {l_match} AND l.{version} > a.{version} "
+            "AND l.{version} <= s.{version}))"
+        ).format(
+            stage=sql.Identifier(STAGE),
+            arriving=sql.Identifier(ARRIVING),
+            invalid=sql.Identifier(INVALID),
+            version=sql.Identifier(COMMIT_VERSION),
+            a_match=_match(key, "a", "s"),
+            l_match=_match(key, "l", "s"),
+        )
+    return sql.SQL(
+        "SELECT {s_key}, s.{version}, EXISTS (SELECT 1 FROM {stage} AS l WHERE NOT l.{arriving} "
+        "AND {l_match} AND l.{version} > s.{version}) FROM {stage} AS s WHERE s.{inserted} "
+        "AND s.{invalid} IS NULL AND (("
+        "EXISTS (SELECT 1 FROM {target} AS t WHERE {t_match}) AND NOT EXISTS (SELECT 1 FROM "
+        "{stage} AS l WHERE NOT l.{arriving} AND {l_match} AND l.{version} <= s.{version}))"
+        "{earlier}) LIMIT 5"
+    ).format(
+        s_key=_names(key, "s"),
+        version=sql.Identifier(COMMIT_VERSION),
+        stage=sql.Identifier(STAGE),
+        arriving=sql.Identifier(ARRIVING),
+        inserted=sql.Identifier(INSERTED),
+        invalid=sql.Identifier(INVALID),
+        target=target,
+        t_match=_match(key, "t", "s"),
+        l_match=_match(key, "l", "s"),
+        earlier=earlier,
+    )
+
+
 def latest_rows_statement(
     key: tuple[str, ...], columns: tuple[str, ...], timeseries_key: str, *, source: str
 ) -> sql.Composed:
@@ -282,37 +328,73 @@ def net_last_changes(
     key: tuple[str, ...],
     columns: tuple[PgColumn, ...],
     table: str,
+    target: sql.Composable,
     arriving_rows: int,
+    inserted_rows: int,
     sort: bool = False,
 ) -> Net:
     """Net the stage (no `timeseries_key`): the last change per key.
 
-    `arriving_rows`: how many arriving rows were staged. `sort`: build the net table of one row
-    per key even when no key arrives twice (a caller that edits it, or a test of both ways).
-    Two arriving rows for one key in its last version of the range: a DataError (nothing was
-    changed)."""
-    if not sort:
-        net = _net_without_sort(conn, key, arriving_rows)
-        if net is not None:
-            return net
-    duplicated = []
-    if conn.execute(duplicates_statement(key)).rowcount:
-        duplicated = conn.execute(final_duplicates_statement(key)).fetchall()
-        if not duplicated:
-            raise DuplicatesResolvedLater(
-                "a version of the range held duplicate keys that a later one removed or fixed; "
-                "the last change per key cannot say which row is left"
-            )
-    if duplicated:
-        samples = ", ".join(
-            f"{_sample(key, row)} x{row[-1]} in version {row[len(key)]}" for row in duplicated
-        )
-        raise DataError(
-            f"synced table {table!r}: duplicate primary key {list(key)} in the source, e.g. "
-            f"{samples}; declare a `timeseries_key` to keep the latest row per key, or fix the "
-            "source. Nothing was changed in Postgres"
-        )
+    `target`: the synced table (at L). `arriving_rows`, `inserted_rows`: how many arriving rows
+    were staged, and how many of them are inserts. `sort`: build the net table of one row per key
+    even when no key arrives twice (a caller that edits it, or a test of both ways).
+    Two arriving rows for one key in its last version of the range, or an insert of a key that
+    was there already: a DataError (nothing was changed)."""
+    net = None if sort else _net_without_sort(conn, key, arriving_rows)
+    if net is None:
+        _refuse_duplicates(conn, key=key, table=table)
+    if inserted_rows:
+        _refuse_present_keys(conn, key=key, target=target, table=table, repeated=net is None)
+    if net is not None:
+        return net
     return _from_net(conn.execute(last_change_statement(key, _column_names(columns))).rowcount)
+
+
+def _refuse_duplicates(conn: psycopg.Connection, *, key: tuple[str, ...], table: str) -> None:
+    """A DataError for two arriving rows of one key in its last version of the range."""
+    if not conn.execute(duplicates_statement(key)).rowcount:
+        return
+    duplicated = conn.execute(final_duplicates_statement(key)).fetchall()
+    if not duplicated:
+        raise DuplicatesResolvedLater(
+            "a version of the range held duplicate keys that a later one removed or fixed; "
+            "the last change per key cannot say which row is left"
+        )
+    samples = ", ".join(
+        f"{_sample(key, row)} x{row[-1]} in version {row[len(key)]}" for row in duplicated
+    )
+    raise _duplicate_key(table, key, samples)
+
+
+def _refuse_present_keys(
+    conn: psycopg.Connection,
+    *,
+    key: tuple[str, ...],
+    target: sql.Composable,
+    table: str,
+    repeated: bool,
+) -> None:
+    """A DataError for an insert of a key the source held already (`present_keys_statement`)."""
+    found = conn.execute(present_keys_statement(key, target, repeated=repeated)).fetchall()
+    if not found:
+        return
+    if all(row[-1] for row in found):  # each such key left again later in the range
+        raise DuplicatesResolvedLater(
+            "a version of the range added a row for a key the source held already, and a later "
+            "one removed it; the last change per key cannot say which row is left"
+        )
+    samples = ", ".join(
+        f"{_sample(key, row)} in version {row[len(key)]}" for row in found if not row[-1]
+    )
+    raise _duplicate_key(table, key, f"{samples} (a new row for a key the source holds already)")
+
+
+def _duplicate_key(table: str, key: tuple[str, ...], samples: str) -> DataError:
+    return DataError(
+        f"synced table {table!r}: duplicate primary key {list(key)} in the source, e.g. "
+        f"{samples}; declare a `timeseries_key` to keep the latest row per key, or fix the "
+        "source. Nothing was changed in Postgres"
+    )
 
 
 def refuse_invalid_characters(

@@ -21,6 +21,7 @@ from reverse_etl_assets.delta.cdf_columns import (
     CHANGE_TYPE,
     COMMIT_VERSION,
     DELETE,
+    INSERT,
     UPDATE_PREIMAGE,
 )
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, to_wire
@@ -35,11 +36,14 @@ LEAVING = (DELETE, UPDATE_PREIMAGE)
 # Columns and tables of our own while an increment lands all start with this prefix, which a
 # source column may therefore not use (preflight refuses it).
 RESERVED_PREFIX = "_retl_"
-# Staged after the source's columns: whether the row arrives (else it leaves), and its version.
+# Staged after the source's columns: whether the row arrives (else it leaves), its version, and
+# whether it arrives as a new row (an insert, not an update's postimage).
 ARRIVING = RESERVED_PREFIX + "arriving"
+INSERTED = RESERVED_PREFIX + "inserted"
 CHANGE_COLUMNS = (
     PgColumn(name=ARRIVING, ddl="boolean", wire="plain"),
     PgColumn(name=COMMIT_VERSION, ddl="bigint", wire="plain"),
+    PgColumn(name=INSERTED, ddl="boolean", wire="plain"),
 )
 # Staged last: the column whose NUL byte was stripped from the row (NULL: none).
 INVALID = RESERVED_PREFIX + "invalid"
@@ -73,6 +77,7 @@ class ChangePreparer:
         self.null_key_rows = 0  # rows arriving minus rows leaving, among NULL-key rows
         self.leaving_rows = 0
         self.arriving_rows = 0
+        self.inserted_rows = 0  # arriving rows that are inserts
         self.marked_rows = 0  # rows staged with a NUL byte marker (only under `fail`)
 
     def prepare(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
@@ -90,6 +95,7 @@ class ChangePreparer:
         self.leaving_rows += gone
         self.arriving_rows += batch.num_rows - gone
         batch = _with_arriving(batch, leaving)
+        self.inserted_rows += _count(batch.column(INSERTED))
         feed_columns = self.columns[:-1]
         if gone < batch.num_rows:
             arriving = batch.filter(pc.invert(leaving)) if gone else batch
@@ -129,14 +135,15 @@ class ChangePreparer:
 
 
 def _with_arriving(batch: pa.RecordBatch, leaving: pa.Array) -> pa.RecordBatch:
-    """The feed batch with its CHANGE_TYPE column replaced by ARRIVING."""
+    """The feed batch with its CHANGE_TYPE column replaced by ARRIVING, and INSERTED last."""
     index = batch.schema.get_field_index(CHANGE_TYPE)
-    return batch.set_column(index, ARRIVING, pc.invert(leaving))
+    inserted = pc.equal(batch.column(CHANGE_TYPE), pa.scalar(INSERT, pa.string()))
+    return batch.set_column(index, ARRIVING, pc.invert(leaving)).append_column(INSERTED, inserted)
 
 
 def _keys_only(batch: pa.RecordBatch, key: tuple[str, ...]) -> pa.RecordBatch:
     """The batch with every column but the key and the feed's own ones NULL."""
-    kept = (*key, ARRIVING, COMMIT_VERSION)
+    kept = (*key, ARRIVING, COMMIT_VERSION, INSERTED)
     arrays = [
         column if name in kept else pa.nulls(batch.num_rows, column.type)
         for name, column in zip(batch.schema.names, batch.columns, strict=True)

@@ -249,7 +249,9 @@ def _net(
             key=key,
             columns=columns,
             table=table.name,
+            target=sql.Identifier(table.pg_schema, table.pg_table),
             arriving_rows=preparer.arriving_rows,
+            inserted_rows=preparer.inserted_rows,
             # NUL bytes to judge: the rule needs the net table (they are rare).
             sort=table.on_invalid_characters == "fail" and preparer.marked_rows > 0,
         )
