@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.pipelines.postgres_to_delta.follow import _Follower
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
 from reverse_etl_assets_tests.lakehouse_helpers import (
     delta_rows,
@@ -248,3 +249,30 @@ def test_an_ordinary_role_syncs_once_granted_and_no_error_shows_its_password(
             f"DROP OWNED BY {role}",
             f"DROP ROLE {role}",
         )
+
+
+def test_a_follower_reconnecting_to_a_slot_re_created_meanwhile_stops(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Between two sessions of a follower (Postgres restarted, a network blip), the slot was
+    dropped and re-created: the follower stops on it instead of streaming past the gap."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE orders (id int PRIMARY KEY, v text)",
+        "INSERT INTO orders VALUES (1, 'a')",
+    )
+    sync = lakehouse_sync(tmp_path, mode="continuous")
+    follower = _Follower(sync, pg_dsn, on_flush=None)
+    try:
+        follower.has_more()  # the snapshot, then a streaming session
+        follower.recover()  # the session is lost, as on a transient error
+        execute(
+            pg_dsn,
+            "INSERT INTO orders VALUES (2, 'only the old slot had it')",
+            "SELECT pg_drop_replication_slot('reverse_etl_app')",
+            "SELECT pg_create_logical_replication_slot('reverse_etl_app', 'pgoutput')",
+        )
+        with pytest.raises(SlotLost, match=r"re-created or advanced.*--full-refresh"):
+            follower.has_more()  # reconnecting
+    finally:
+        follower.close()

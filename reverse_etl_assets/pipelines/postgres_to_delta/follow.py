@@ -22,6 +22,7 @@ from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.postgres_to_delta import states
 from reverse_etl_assets.pipelines.postgres_to_delta.run import (
     LakehouseResult,
+    check_slot_kept,
     record_failure,
     record_flush,
     source_dsn,
@@ -35,10 +36,12 @@ from reverse_etl_assets.pipelines.postgres_to_delta.stream import (
 )
 from reverse_etl_assets.postgres.connect import connect
 from reverse_etl_assets.postgres.lakehouse_state import (
+    read_lakehouse_ack,
     read_lakehouse_state,
     record_lakehouse_ack,
     record_lakehouse_heartbeat,
 )
+from reverse_etl_assets.postgres.replication import slot as slots
 from reverse_etl_assets.runtime.loop import run_worker
 from reverse_etl_assets.spec import LakehouseSync
 
@@ -226,6 +229,10 @@ class _Follower:
         try:
             stored = read_lakehouse_state(state, self.sync.name)
             self.failed = dict(stored.failed_tables) if stored is not None else {}
+            if self.sessions:  # a reconnect: the slot must still be the one left off
+                with connect(self.source, autocommit=True) as source:
+                    info = slots.slot_info(source, self.sync.slot)
+                check_slot_kept(self.sync, info, acked=read_lakehouse_ack(state, self.sync.name))
             self.stream = ChangeStream(
                 self.sync, self.source, failed_tables=self.failed,
                 application_name=f"reverse_etl follower {self.sync.name}",

@@ -167,6 +167,14 @@ def _needs_snapshot(
     info = slots.slot_info(conn, sync.slot)
     if not complete:
         return True
+    check_slot_kept(sync, info, acked=acked)
+    return False
+
+
+def check_slot_kept(sync: LakehouseSync, info: slots.SlotInfo | None, *, acked: int | None) -> None:
+    """A SlotLost error when the slot Delta's data came through is gone, invalidated, or stands
+    past `acked` (the furthest this sync ever acknowledged): re-created, or advanced by something
+    else. Streaming from it would silently skip the changes in between."""
     if info is None or info.invalidated:
         what = "was dropped" if info is None else "was invalidated by the server"
         raise SlotLost(
@@ -186,7 +194,6 @@ def _needs_snapshot(
             f"in between are lost to it. Run `reverse-etl sync {sync.name} --full-refresh` to "
             "take a new snapshot"
         )
-    return False
 
 
 def _locations(sync: LakehouseSync, tables: list[slots.TableInfo]) -> list[str]:
