@@ -11,6 +11,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from reverse_etl_assets.delta import cdf_columns, change_feed, preimages
+from reverse_etl_assets.delta.cdf_columns import PAIRED_POSTIMAGE
 from reverse_etl_assets.delta.log import RangeUnavailable
 from reverse_etl_assets.delta.reader import open_source
 
@@ -154,7 +155,8 @@ def test_update_preimages_paired_by_their_key_are_left_out(tmp_path: Path) -> No
     DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 5")
     rows = keyed_feed(src, ("id",))
     kinds = [r[-2] for r in rows]
-    assert kinds.count("update_postimage") == 5 and "update_preimage" not in kinds
+    assert kinds.count(PAIRED_POSTIMAGE) == 5  # each updates a row that was there
+    assert "update_preimage" not in kinds and "update_postimage" not in kinds
     # Without a key the feed is whole.
     assert [r[-2] for r in feed(src, start=1, engine=False)].count("update_preimage") == 5
 
@@ -167,7 +169,9 @@ def test_a_preimage_whose_key_moved_is_kept(tmp_path: Path) -> None:
     rows = keyed_feed(src, ("id",))
     preimages = sorted(r[0] for r in rows if r[-2] == "update_preimage")
     assert preimages == [0, 1]
-    assert sorted(r[0] for r in rows if r[-2] == "update_postimage") == [3, 100, 101]
+    # The moved rows' postimages add rows under new keys; the other updates a row in place.
+    assert sorted(r[0] for r in rows if r[-2] == "update_postimage") == [100, 101]
+    assert [r[0] for r in rows if r[-2] == PAIRED_POSTIMAGE] == [3]
 
 
 def test_preimages_pair_on_the_whole_key_and_never_on_nulls(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
+from reverse_etl_assets.delta.cdf_columns import PAIRED_POSTIMAGE
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.postgres import apply, change_stage
 from reverse_etl_assets.schema.delta_to_postgres import pg_columns
@@ -79,7 +80,7 @@ def net_last(
         table="t",
         target=sql.Identifier("synced"),
         arriving_rows=preparer.arriving_rows,
-        inserted_rows=preparer.inserted_rows,
+        new_rows=preparer.new_rows,
         sort=sort,
     )
 
@@ -266,8 +267,10 @@ def test_a_range_whose_keys_arrive_once_is_netted_without_the_sort(
         ([(7, "a", "insert", 1), (7, "b", "insert", 3)], ()),  # added twice, never removed
         ([(7, "a", "update_postimage", 2), (7, "b", "insert", 3)], (7,)),  # updated, added again
         ([(7, None, "delete", 2), (7, "a", "insert", 3), (7, "b", "insert", 4)], (7,)),
+        # An update moved row 3 onto key 7, which the source holds already.
+        ([(3, None, "update_preimage", 2), (7, "moved", "update_postimage", 2)], (3, 7)),
     ],
-    ids=["held", "added-twice", "after-update", "re-added-twice"],
+    ids=["held", "added-twice", "after-update", "re-added-twice", "moved-onto"],
 )
 def test_an_insert_of_a_key_the_source_holds_already_is_a_duplicate(
     conn: psycopg.Connection, sort: bool, rows: list[Row], held: tuple[int, ...]
@@ -284,8 +287,9 @@ def test_an_insert_of_a_key_the_source_holds_already_is_a_duplicate(
         ([(7, "a", "insert", 1), (7, None, "delete", 2), (7, "b", "insert", 3)], (), {7: "b"}),
         ([(7, "a", "update_preimage", 2), (7, "b", "update_postimage", 2)], (7,), {7: "b"}),
         ([(8, "new", "insert", 2)], (7,), {8: "new"}),
+        ([(7, "b", PAIRED_POSTIMAGE, 2)], (7,), {7: "b"}),  # its preimage was left out
     ],
-    ids=["removed-then-added", "overwrite", "added-removed-added", "update", "new-key"],
+    ids=["removed-then-added", "overwrite", "added-removed-added", "update", "new-key", "paired"],
 )
 def test_an_insert_after_its_key_left_is_no_duplicate(
     conn: psycopg.Connection,

@@ -225,6 +225,19 @@ def test_a_new_row_for_a_key_already_synced_is_a_duplicate(tmp_path: Path, pg_ds
     assert postgres_rows(pg_dsn) == delta_rows(src, version=0)
 
 
+def test_an_update_moving_a_row_onto_a_synced_key_is_a_duplicate(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    src = tmp_path / "src"
+    write_delta(src, items(range(100)))
+    table = triggered(tmp_path, src)
+    sync_table(table, pg_dsn)
+    DeltaTable(str(src)).update(updates={"id": "7"}, predicate="id = 3")  # two rows of key 7
+    with pytest.raises(DataError, match=r"duplicate primary key \['id'\]"):
+        sync_table(table, pg_dsn)
+    assert postgres_rows(pg_dsn) == delta_rows(src, version=0)
+
+
 def test_duplicate_keys_a_later_version_fixed_go_through_a_snapshot(
     tmp_path: Path, pg_dsn: str
 ) -> None:

@@ -12,3 +12,7 @@ INSERT = "insert"
 DELETE = "delete"
 UPDATE_PREIMAGE = "update_preimage"
 UPDATE_POSTIMAGE = "update_postimage"
+# Not delta-rs's: a postimage whose preimage (same key, same change file) was left out of the
+# feed (see `delta.preimages`). It updates a row that was there; every other arriving row may add
+# one (an insert, or an update that moved a row to another key).
+PAIRED_POSTIMAGE = "update_postimage_paired"

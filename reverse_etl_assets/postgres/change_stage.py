@@ -26,7 +26,7 @@ from psycopg import sql
 from reverse_etl_assets.delta.cdf_columns import COMMIT_VERSION
 from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
-from reverse_etl_assets.transform.changes import ARRIVING, INSERTED, INVALID
+from reverse_etl_assets.transform.changes import ARRIVING, INVALID, NEW_ROW
 
 STAGE = "_retl_changes"
 REMAINING = "_retl_remaining"
@@ -61,21 +61,30 @@ def _from_net(changes: int) -> Net:
 
 def settled_keys_statement(key: tuple[str, ...]) -> sql.Composed:
     """CREATE the table of keys the arriving rows alone do not settle, in one grouping: keys
-    whose last change leaves the table (to delete; `only_leaving` when none arrives) and keys
-    that arrive more than once (`repeated`: the range then needs the sort)."""
+    whose last change leaves the table (`gone`, to delete; `only_leaving` when none arrives),
+    keys that arrive more than once (`repeated`: the range then needs the sort), and keys whose
+    one arriving row may add a row (NEW_ROW, without a NUL byte stripped under `fail`) with no
+    change removing the key first (`suspect`: a second row of the key if Postgres holds it)."""
     return sql.SQL(
         "CREATE TEMP TABLE {settled} ON COMMIT DROP AS "
-        "SELECT {key}, arrivals > 1 AS repeated, arrived IS NULL AS only_leaving FROM ("
+        "SELECT {key}, arrivals > 1 AS repeated, arrived IS NULL AS only_leaving, "
+        "arrived IS NULL OR left_at > arrived AS gone, arrived, "
+        "coalesce(new AND (first_left IS NULL OR first_left > arrived), false) AS suspect FROM ("
         "SELECT {key}, count(*) FILTER (WHERE {arriving}) AS arrivals, "
         "max({version}) FILTER (WHERE {arriving}) AS arrived, "
-        "max({version}) FILTER (WHERE NOT {arriving}) AS left_at "
+        "max({version}) FILTER (WHERE NOT {arriving}) AS left_at, "
+        "min({version}) FILTER (WHERE NOT {arriving}) AS first_left, "
+        "bool_or({new_row} AND {invalid} IS NULL) FILTER (WHERE {arriving}) AS new "
         "FROM {stage} GROUP BY {key}) AS k "
-        "WHERE arrivals > 1 OR arrived IS NULL OR left_at > arrived"
+        "WHERE arrivals > 1 OR arrived IS NULL OR left_at > arrived "
+        "OR (new AND (first_left IS NULL OR first_left > arrived))"
     ).format(
         settled=sql.Identifier(_SETTLED),
         key=_names(key),
         arriving=sql.Identifier(ARRIVING),
         version=sql.Identifier(COMMIT_VERSION),
+        new_row=sql.Identifier(NEW_ROW),
+        invalid=sql.Identifier(INVALID),
         stage=sql.Identifier(STAGE),
     )
 
@@ -85,13 +94,28 @@ def _arriving_unless_settled(key: tuple[str, ...]) -> sql.Composed:
     walks the primary key in order (measured: a quarter faster than in the feed's order)."""
     return sql.SQL(
         "(SELECT * FROM {stage} AS s WHERE s.{arriving} "
-        "AND NOT EXISTS (SELECT 1 FROM {settled} AS d WHERE {match}) ORDER BY {key}) AS s"
+        "AND NOT EXISTS (SELECT 1 FROM {settled} AS d WHERE d.gone AND {match}) "
+        "ORDER BY {key}) AS s"
     ).format(
         stage=sql.Identifier(STAGE),
         arriving=sql.Identifier(ARRIVING),
         settled=sql.Identifier(_SETTLED),
         match=_match(key, "d", "s"),
         key=_names(key, "s"),
+    )
+
+
+def suspects_statement(key: tuple[str, ...], target: sql.Composable) -> sql.Composed:
+    """`present_keys_statement` for a range where no key arrives twice, from the grouping
+    (`settled_keys_statement`): the suspects whose key `target` holds."""
+    return sql.SQL(
+        "SELECT {d_key}, d.arrived, d.gone FROM {settled} AS d WHERE d.suspect "
+        "AND EXISTS (SELECT 1 FROM {target} AS t WHERE {match}) LIMIT 5"
+    ).format(
+        d_key=_names(key, "d"),
+        settled=sql.Identifier(_SETTLED),
+        target=target,
+        match=_match(key, "t", "d"),
     )
 
 
@@ -119,7 +143,9 @@ def _net_without_sort(
     return Net(
         changes=arriving_rows + only_leaving,
         upserts=_arriving_unless_settled(key),
-        deletes=sql.Identifier(_SETTLED),
+        deletes=sql.SQL("(SELECT {} FROM {} WHERE gone) AS d").format(
+            _names(key), sql.Identifier(_SETTLED)
+        ),
     )
 
 
@@ -189,49 +215,36 @@ def final_duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
     )
 
 
-def present_keys_statement(
-    key: tuple[str, ...], target: sql.Composable, *, repeated: bool
-) -> sql.Composed:
-    """Up to five inserted rows (key, version, whether a later change removed the key) whose key
-    was there already: in `target` (the synced table at L) with no change of the range removing it
-    first, or (`repeated`: some key arrives more than once) arrived earlier in the range and not
-    removed since. A leaving row of the insert's own version came first (arriving rows win
-    within a version). Each is a second row of one key in the source. Rows whose NUL byte was
-    stripped under `fail` are left to that rule (`refuse_invalid_characters`)."""
-    earlier: sql.Composable = sql.SQL("")
-    if repeated:
-        earlier = sql.SQL(
-            " OR EXISTS (SELECT 1 FROM {stage} AS a WHERE a.{arriving} AND a.{invalid} IS NULL "
-            "AND {a_match} "
-            "AND a.{version} < s.{version} AND NOT EXISTS (SELECT 1 FROM {stage} AS l "
-            "WHERE NOT l.{arriving} AND {l_match} AND l.{version} > a.{version} "
-            "AND l.{version} <= s.{version}))"
-        ).format(
-            stage=sql.Identifier(STAGE),
-            arriving=sql.Identifier(ARRIVING),
-            invalid=sql.Identifier(INVALID),
-            version=sql.Identifier(COMMIT_VERSION),
-            a_match=_match(key, "a", "s"),
-            l_match=_match(key, "l", "s"),
-        )
+def present_keys_statement(key: tuple[str, ...], target: sql.Composable) -> sql.Composed:
+    """Up to five rows that add one (NEW_ROW: an insert, or an update that moved a row to another
+    key) as (key, version, whether a later change removed the key), whose key was there already:
+    in `target` (the synced table at L) with no change of the range removing it first, or
+    arrived earlier in the range and not removed since. A leaving row of the row's own version
+    came first (arriving rows win within a version). Each is a second row of one key in the
+    source. Rows whose NUL byte was stripped under `fail` are left to that rule
+    (`refuse_invalid_characters`). For a range where keys arrive more than once; otherwise
+    `suspects_statement` answers from the grouping."""
     return sql.SQL(
         "SELECT {s_key}, s.{version}, EXISTS (SELECT 1 FROM {stage} AS l WHERE NOT l.{arriving} "
-        "AND {l_match} AND l.{version} > s.{version}) FROM {stage} AS s WHERE s.{inserted} "
+        "AND {l_match} AND l.{version} > s.{version}) FROM {stage} AS s WHERE s.{new_row} "
         "AND s.{invalid} IS NULL AND (("
         "EXISTS (SELECT 1 FROM {target} AS t WHERE {t_match}) AND NOT EXISTS (SELECT 1 FROM "
-        "{stage} AS l WHERE NOT l.{arriving} AND {l_match} AND l.{version} <= s.{version}))"
-        "{earlier}) LIMIT 5"
+        "{stage} AS l WHERE NOT l.{arriving} AND {l_match} AND l.{version} <= s.{version})) "
+        "OR EXISTS (SELECT 1 FROM {stage} AS a WHERE a.{arriving} AND a.{invalid} IS NULL "
+        "AND {a_match} AND a.{version} < s.{version} AND NOT EXISTS (SELECT 1 FROM {stage} AS l "
+        "WHERE NOT l.{arriving} AND {l_match} AND l.{version} > a.{version} "
+        "AND l.{version} <= s.{version}))) LIMIT 5"
     ).format(
         s_key=_names(key, "s"),
         version=sql.Identifier(COMMIT_VERSION),
         stage=sql.Identifier(STAGE),
         arriving=sql.Identifier(ARRIVING),
-        inserted=sql.Identifier(INSERTED),
+        new_row=sql.Identifier(NEW_ROW),
         invalid=sql.Identifier(INVALID),
         target=target,
         t_match=_match(key, "t", "s"),
         l_match=_match(key, "l", "s"),
-        earlier=earlier,
+        a_match=_match(key, "a", "s"),
     )
 
 
@@ -330,21 +343,23 @@ def net_last_changes(
     table: str,
     target: sql.Composable,
     arriving_rows: int,
-    inserted_rows: int,
+    new_rows: int,
     sort: bool = False,
 ) -> Net:
     """Net the stage (no `timeseries_key`): the last change per key.
 
-    `target`: the synced table (at L). `arriving_rows`, `inserted_rows`: how many arriving rows
-    were staged, and how many of them are inserts. `sort`: build the net table of one row per key
-    even when no key arrives twice (a caller that edits it, or a test of both ways).
-    Two arriving rows for one key in its last version of the range, or an insert of a key that
-    was there already: a DataError (nothing was changed)."""
+    `target`: the synced table (at L). `arriving_rows`, `new_rows`: how many arriving rows were
+    staged, and how many of them may add a row (inserts, moved rows). `sort`: build the net
+    table of one row per key even when no key arrives twice (a caller that edits it, or a test
+    of both ways).
+    Two arriving rows for one key in its last version of the range, or a row added (inserted, or
+    moved there by an update) under a key that was there already: a DataError (nothing was
+    changed)."""
     net = None if sort else _net_without_sort(conn, key, arriving_rows)
     if net is None:
         _refuse_duplicates(conn, key=key, table=table)
-    if inserted_rows:
-        _refuse_present_keys(conn, key=key, target=target, table=table, repeated=net is None)
+    if new_rows:
+        _refuse_present_keys(conn, key=key, target=target, table=table, grouped=net is not None)
     if net is not None:
         return net
     return _from_net(conn.execute(last_change_statement(key, _column_names(columns))).rowcount)
@@ -372,10 +387,12 @@ def _refuse_present_keys(
     key: tuple[str, ...],
     target: sql.Composable,
     table: str,
-    repeated: bool,
+    grouped: bool,
 ) -> None:
-    """A DataError for an insert of a key the source held already (`present_keys_statement`)."""
-    found = conn.execute(present_keys_statement(key, target, repeated=repeated)).fetchall()
+    """A DataError for a row added under a key the source held already
+    (`present_keys_statement`)."""
+    query = suspects_statement if grouped else present_keys_statement
+    found = conn.execute(query(key, target)).fetchall()
     if not found:
         return
     if all(row[-1] for row in found):  # each such key left again later in the range

@@ -22,6 +22,7 @@ from reverse_etl_assets.delta.cdf_columns import (
     COMMIT_VERSION,
     DELETE,
     INSERT,
+    UPDATE_POSTIMAGE,
     UPDATE_PREIMAGE,
 )
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn, to_wire
@@ -37,14 +38,17 @@ LEAVING = (DELETE, UPDATE_PREIMAGE)
 # source column may therefore not use (preflight refuses it).
 RESERVED_PREFIX = "_retl_"
 # Staged after the source's columns: whether the row arrives (else it leaves), its version, and
-# whether it arrives as a new row (an insert, not an update's postimage).
+# whether it may add a row to the source: an insert, or a postimage no preimage of its key pairs
+# (`delta.preimages`; an update that moved the row to another key, or whose preimage is staged).
 ARRIVING = RESERVED_PREFIX + "arriving"
-INSERTED = RESERVED_PREFIX + "inserted"
+NEW_ROW = RESERVED_PREFIX + "new_row"
 CHANGE_COLUMNS = (
     PgColumn(name=ARRIVING, ddl="boolean", wire="plain"),
     PgColumn(name=COMMIT_VERSION, ddl="bigint", wire="plain"),
-    PgColumn(name=INSERTED, ddl="boolean", wire="plain"),
+    PgColumn(name=NEW_ROW, ddl="boolean", wire="plain"),
 )
+# The change types of rows that may add one.
+_NEW_ROWS = (INSERT, UPDATE_POSTIMAGE)
 # Staged last: the column whose NUL byte was stripped from the row (NULL: none).
 INVALID = RESERVED_PREFIX + "invalid"
 INVALID_COLUMN = PgColumn(name=INVALID, ddl="text", wire="text")
@@ -77,7 +81,7 @@ class ChangePreparer:
         self.null_key_rows = 0  # rows arriving minus rows leaving, among NULL-key rows
         self.leaving_rows = 0
         self.arriving_rows = 0
-        self.inserted_rows = 0  # arriving rows that are inserts
+        self.new_rows = 0  # arriving rows that may add a row (see NEW_ROW)
         self.marked_rows = 0  # rows staged with a NUL byte marker (only under `fail`)
 
     def prepare(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
@@ -95,7 +99,7 @@ class ChangePreparer:
         self.leaving_rows += gone
         self.arriving_rows += batch.num_rows - gone
         batch = _with_arriving(batch, leaving)
-        self.inserted_rows += _count(batch.column(INSERTED))
+        self.new_rows += _count(batch.column(NEW_ROW))
         feed_columns = self.columns[:-1]
         if gone < batch.num_rows:
             arriving = batch.filter(pc.invert(leaving)) if gone else batch
@@ -135,15 +139,15 @@ class ChangePreparer:
 
 
 def _with_arriving(batch: pa.RecordBatch, leaving: pa.Array) -> pa.RecordBatch:
-    """The feed batch with its CHANGE_TYPE column replaced by ARRIVING, and INSERTED last."""
+    """The feed batch with its CHANGE_TYPE column replaced by ARRIVING, and NEW_ROW last."""
     index = batch.schema.get_field_index(CHANGE_TYPE)
-    inserted = pc.equal(batch.column(CHANGE_TYPE), pa.scalar(INSERT, pa.string()))
-    return batch.set_column(index, ARRIVING, pc.invert(leaving)).append_column(INSERTED, inserted)
+    new = pc.is_in(batch.column(CHANGE_TYPE), pa.array(_NEW_ROWS, pa.string()))
+    return batch.set_column(index, ARRIVING, pc.invert(leaving)).append_column(NEW_ROW, new)
 
 
 def _keys_only(batch: pa.RecordBatch, key: tuple[str, ...]) -> pa.RecordBatch:
     """The batch with every column but the key and the feed's own ones NULL."""
-    kept = (*key, ARRIVING, COMMIT_VERSION, INSERTED)
+    kept = (*key, ARRIVING, COMMIT_VERSION, NEW_ROW)
     arrays = [
         column if name in kept else pa.nulls(batch.num_rows, column.type)
         for name, column in zip(batch.schema.names, batch.columns, strict=True)

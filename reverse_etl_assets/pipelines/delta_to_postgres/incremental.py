@@ -251,7 +251,7 @@ def _net(
             table=table.name,
             target=sql.Identifier(table.pg_schema, table.pg_table),
             arriving_rows=preparer.arriving_rows,
-            inserted_rows=preparer.inserted_rows,
+            new_rows=preparer.new_rows,
             # NUL bytes to judge: the rule needs the net table (they are rare).
             sort=table.on_invalid_characters == "fail" and preparer.marked_rows > 0,
         )
