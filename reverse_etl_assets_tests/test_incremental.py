@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -214,25 +215,22 @@ def test_duplicate_keys_in_a_version_fail_and_change_nothing(tmp_path: Path, pg_
     assert stored_state(pg_dsn).last_synced_version == 0
 
 
-def test_a_new_row_for_a_key_already_synced_is_a_duplicate(tmp_path: Path, pg_dsn: str) -> None:
-    src = tmp_path / "src"
-    write_delta(src, items(range(100)))
-    table = triggered(tmp_path, src)
-    sync_table(table, pg_dsn)
-    write_delta(src, items([7], "twin"))  # the source now holds two rows of key 7
-    with pytest.raises(DataError, match=r"duplicate primary key \['id'\]"):
-        sync_table(table, pg_dsn)
-    assert postgres_rows(pg_dsn) == delta_rows(src, version=0)
-
-
-def test_an_update_moving_a_row_onto_a_synced_key_is_a_duplicate(
-    tmp_path: Path, pg_dsn: str
+@pytest.mark.parametrize(
+    "second_row",
+    [
+        lambda src: write_delta(src, items([7], "twin")),
+        lambda src: DeltaTable(str(src)).update(updates={"id": "7"}, predicate="id = 3"),
+    ],
+    ids=["appended", "moved-onto-it"],
+)
+def test_a_second_row_for_a_key_already_synced_is_a_duplicate(
+    tmp_path: Path, pg_dsn: str, second_row: Callable[[Path], None]
 ) -> None:
     src = tmp_path / "src"
     write_delta(src, items(range(100)))
     table = triggered(tmp_path, src)
     sync_table(table, pg_dsn)
-    DeltaTable(str(src)).update(updates={"id": "7"}, predicate="id = 3")  # two rows of key 7
+    second_row(src)  # the source now holds two rows of key 7
     with pytest.raises(DataError, match=r"duplicate primary key \['id'\]"):
         sync_table(table, pg_dsn)
     assert postgres_rows(pg_dsn) == delta_rows(src, version=0)
