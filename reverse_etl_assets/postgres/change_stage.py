@@ -34,6 +34,17 @@ NET = "_retl_net"
 _SETTLED = "_retl_settled"
 _NEWEST = "_retl_newest"
 _DUPLICATES = "_retl_duplicates"
+# The tables and columns of our own the statements below name: `.format(**_SHARED, ...)`.
+_SHARED = {
+    "stage": sql.Identifier(STAGE),
+    "arriving": sql.Identifier(ARRIVING),
+    "version": sql.Identifier(COMMIT_VERSION),
+    "new_row": sql.Identifier(NEW_ROW),
+    "invalid": sql.Identifier(INVALID),
+    "settled": sql.Identifier(_SETTLED),
+    "net": sql.Identifier(NET),
+    "dups": sql.Identifier(_DUPLICATES),
+}
 
 
 @dataclass(frozen=True)
@@ -66,26 +77,19 @@ def settled_keys_statement(key: tuple[str, ...]) -> sql.Composed:
     one arriving row may add a row (NEW_ROW, without a NUL byte stripped under `fail`) with no
     change removing the key first (`suspect`: a second row of the key if Postgres holds it)."""
     return sql.SQL(
-        "CREATE TEMP TABLE {settled} ON COMMIT DROP AS "
+        "CREATE TEMP TABLE {settled} ON COMMIT DROP AS SELECT * FROM ("
         "SELECT {key}, arrivals > 1 AS repeated, arrived IS NULL AS only_leaving, "
-        "arrived IS NULL OR left_at > arrived AS gone, arrived, "
+        "arrived IS NULL OR coalesce(left_at > arrived, false) AS gone, arrived, "
         "coalesce(new AND (first_left IS NULL OR first_left > arrived), false) AS suspect FROM ("
         "SELECT {key}, count(*) FILTER (WHERE {arriving}) AS arrivals, "
         "max({version}) FILTER (WHERE {arriving}) AS arrived, "
         "max({version}) FILTER (WHERE NOT {arriving}) AS left_at, "
         "min({version}) FILTER (WHERE NOT {arriving}) AS first_left, "
         "bool_or({new_row} AND {invalid} IS NULL) FILTER (WHERE {arriving}) AS new "
-        "FROM {stage} GROUP BY {key}) AS k "
-        "WHERE arrivals > 1 OR arrived IS NULL OR left_at > arrived "
-        "OR (new AND (first_left IS NULL OR first_left > arrived))"
+        "FROM {stage} GROUP BY {key}) AS k) AS f WHERE repeated OR gone OR suspect"
     ).format(
-        settled=sql.Identifier(_SETTLED),
+        **_SHARED,
         key=_names(key),
-        arriving=sql.Identifier(ARRIVING),
-        version=sql.Identifier(COMMIT_VERSION),
-        new_row=sql.Identifier(NEW_ROW),
-        invalid=sql.Identifier(INVALID),
-        stage=sql.Identifier(STAGE),
     )
 
 
@@ -97,9 +101,7 @@ def _arriving_unless_settled(key: tuple[str, ...]) -> sql.Composed:
         "AND NOT EXISTS (SELECT 1 FROM {settled} AS d WHERE d.gone AND {match}) "
         "ORDER BY {key}) AS s"
     ).format(
-        stage=sql.Identifier(STAGE),
-        arriving=sql.Identifier(ARRIVING),
-        settled=sql.Identifier(_SETTLED),
+        **_SHARED,
         match=_match(key, "d", "s"),
         key=_names(key, "s"),
     )
@@ -112,8 +114,8 @@ def suspects_statement(key: tuple[str, ...], target: sql.Composable) -> sql.Comp
         "SELECT {d_key}, d.arrived, d.gone FROM {settled} AS d WHERE d.suspect "
         "AND EXISTS (SELECT 1 FROM {target} AS t WHERE {match}) LIMIT 5"
     ).format(
+        **_SHARED,
         d_key=_names(key, "d"),
-        settled=sql.Identifier(_SETTLED),
         target=target,
         match=_match(key, "t", "d"),
     )
@@ -168,12 +170,9 @@ def last_change_statement(key: tuple[str, ...], columns: tuple[str, ...]) -> sql
         "SELECT DISTINCT ON ({key}) {cols}, {arriving} FROM {stage} "
         "ORDER BY {key}, {version} DESC, {arriving} DESC"
     ).format(
-        net=sql.Identifier(NET),
+        **_SHARED,
         key=_names(key),
         cols=_names(columns),
-        arriving=sql.Identifier(ARRIVING),
-        stage=sql.Identifier(STAGE),
-        version=sql.Identifier(COMMIT_VERSION),
     )
 
 
@@ -189,11 +188,8 @@ def duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
         "SELECT {key}, {version}, count(*) AS n FROM {stage} WHERE {arriving} "
         "GROUP BY {key}, {version} HAVING count(*) > 1"
     ).format(
-        dups=sql.Identifier(_DUPLICATES),
+        **_SHARED,
         key=_names(key),
-        version=sql.Identifier(COMMIT_VERSION),
-        stage=sql.Identifier(STAGE),
-        arriving=sql.Identifier(ARRIVING),
     )
 
 
@@ -206,11 +202,9 @@ def final_duplicates_statement(key: tuple[str, ...]) -> sql.Composed:
         "WHERE ({key}) IN (SELECT {key} FROM {dups}) GROUP BY {key}) AS m "
         "ON {match} AND m.{version} = d.{version} LIMIT 5"
     ).format(
+        **_SHARED,
         d_key=_names(key, "d"),
         key=_names(key),
-        version=sql.Identifier(COMMIT_VERSION),
-        dups=sql.Identifier(_DUPLICATES),
-        stage=sql.Identifier(STAGE),
         match=_match(key, "m", "d"),
     )
 
@@ -235,12 +229,8 @@ def present_keys_statement(key: tuple[str, ...], target: sql.Composable) -> sql.
         "WHERE NOT l.{arriving} AND {l_match} AND l.{version} > a.{version} "
         "AND l.{version} <= s.{version}))) LIMIT 5"
     ).format(
+        **_SHARED,
         s_key=_names(key, "s"),
-        version=sql.Identifier(COMMIT_VERSION),
-        stage=sql.Identifier(STAGE),
-        arriving=sql.Identifier(ARRIVING),
-        new_row=sql.Identifier(NEW_ROW),
-        invalid=sql.Identifier(INVALID),
         target=target,
         t_match=_match(key, "t", "s"),
         l_match=_match(key, "l", "s"),
@@ -266,9 +256,8 @@ def latest_rows_statement(
         "FROM {source} AS c{where}) AS r "
         "WHERE r.{ts} = r.{newest} OR r.{newest} IS NULL"
     ).format(
-        net=sql.Identifier(NET),
+        **_SHARED,
         cols=_names(columns),
-        arriving=sql.Identifier(ARRIVING),
         all_cols=_names(columns, "c"),
         ts=sql.Identifier(timeseries_key),
         key=_names(key),
@@ -284,11 +273,9 @@ def gone_keys_statement(key: tuple[str, ...]) -> sql.Composed:
         "INSERT INTO {net} ({key}, {arriving}) SELECT DISTINCT {s_key}, false FROM {stage} AS s "
         "WHERE NOT EXISTS (SELECT 1 FROM {remaining} AS r WHERE {match})"
     ).format(
-        net=sql.Identifier(NET),
+        **_SHARED,
         key=_names(key),
-        arriving=sql.Identifier(ARRIVING),
         s_key=_names(key, "s"),
-        stage=sql.Identifier(STAGE),
         remaining=sql.Identifier(REMAINING),
         match=_match(key, "r", "s"),
     )
@@ -301,9 +288,7 @@ def unlanded_deletes_statement(key: tuple[str, ...], target: sql.Composable) -> 
         "DELETE FROM {net} AS n WHERE NOT n.{arriving} AND n.{invalid} IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
     ).format(
-        net=sql.Identifier(NET),
-        arriving=sql.Identifier(ARRIVING),
-        invalid=sql.Identifier(INVALID),
+        **_SHARED,
         target=target,
         match=_match(key, "t", "n"),
     )
