@@ -351,6 +351,37 @@ def test_schema_evolution_added_and_dropped_columns(tmp_path: Path) -> None:
     assert rows[5] == {"id": 5, "a": "z", "gone": None, "extra": 8}
 
 
+@pytest.mark.parametrize("write", ["append", "merge", "snapshot"])
+@pytest.mark.parametrize("added", [pa.timestamp("us"), pa.list_(pa.timestamp("us"))])
+def test_a_timestamp_without_zone_added_to_a_table_without_it_lands(
+    tmp_path: Path, write: str, added: pa.DataType
+) -> None:
+    """delta-rs refuses a write that adds a timestamp_ntz column to a table created without one
+    ("does not have the required 'timestampNtz' feature"); the writer turns the feature on first."""
+    uri = str(tmp_path / "t")
+    v1 = pa.schema([("id", pa.int64()), ("a", pa.string())])
+    first = frame([{"t": "insert", "lsn": 1, "seq": 0, "id": 1, "a": "x"}], v1)
+    merge_changes(uri, mirror_changes(first, ["id"]), key_columns=["id"], app_id=APP, version=1)
+    value = dt.datetime(1, 1, 1) if added == pa.timestamp("us") else [dt.datetime(1, 1, 1)]
+    v2 = pa.schema([("id", pa.int64()), ("a", pa.string()), ("local", added)])
+    second = frame([{"t": "insert", "lsn": 2, "seq": 0, "id": 2, "a": "y", "local": value}], v2)
+    if write == "append":
+        append_changes(uri, history_rows(second), app_id=APP, version=2)
+    elif write == "merge":
+        changes = mirror_changes(second, ["id"])
+        merge_changes(uri, changes, key_columns=["id"], app_id=APP, version=2)
+    else:
+        rows = second.select(v2.names)
+        reader = pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches())
+        write_snapshot(uri, reader, app_id=APP, version=2, change_data_feed=True)
+    table = DeltaTable(uri)
+    assert table.transaction_version(APP) == 2
+    assert {"timestampNtz", "changeDataFeed"} <= set(table.protocol().writer_features or [])
+    assert mirror(uri)[2]["local"] == value
+    if write == "merge":
+        assert cdf_types(uri, table.version()) == {(2, "insert"): 1}
+
+
 def test_lookup_rows_composite_key(tmp_path: Path) -> None:
     uri = str(tmp_path / "m")
     schema = pa.schema([("a", pa.int64()), ("b", pa.string()), ("v", pa.string())])

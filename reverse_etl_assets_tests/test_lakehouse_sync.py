@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
@@ -386,6 +387,76 @@ def test_a_dropped_column_stays_in_delta_null_from_then_on(pg_dsn: str, tmp_path
     ]
     rows = history(sync.history_uri("p"))[2:]
     assert [(r["id"], r["gone"]) for r in rows] == [(1, "x"), (2, None), (3, None)]
+
+
+def test_an_added_timestamp_column_without_zone_lands_and_follows_back(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A Postgres `timestamp` (Delta timestamp_ntz) added to a synced table: Delta needs a table
+    feature for it, which delta-rs sets when it creates a table but not when a write adds the
+    column; the sync used to stop on every later drain."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE stamped (id int PRIMARY KEY, v text)",
+        "INSERT INTO stamped VALUES (1, 'a'), (2, 'b')",
+    )
+    spec = parse_spec(
+        {
+            "lake_root": str(tmp_path / "lake"),
+            "lakehouse_syncs": [
+                {"name": "app", "tables": ["public.stamped"], "target": "bronze.app"}
+            ],
+            "synced_tables": [
+                {
+                    "name": "serving.public.stamped_copy",
+                    "source": "bronze.app.stamped",
+                    "primary_key": ["id"],
+                    "mode": "triggered",
+                }
+            ],
+        },
+        path=tmp_path / "spec.yaml",
+    )
+    sync, copy = spec.lakehouse_syncs[0], spec.synced_tables[0]
+    sync_lakehouse(sync, pg_dsn)
+    sync_table(copy, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE stamped ADD COLUMN at timestamp DEFAULT '2024-01-01 10:00:00.5', "
+        "ADD COLUMN ats timestamp[]",
+        "INSERT INTO stamped VALUES (3, 'c', '2025-06-30 23:59:59.999999', "
+        "'{2000-01-01 00:00:00,NULL}')",
+        "UPDATE stamped SET v = 'b2' WHERE id = 2",
+    )
+    mirror = DeltaTable(sync.mirror_uri("stamped"))
+    before = mirror.version()
+    sync_lakehouse(sync, pg_dsn)
+    assert delta_rows(sync.mirror_uri("stamped")) == pg_rows(pg_dsn, "stamped")
+    mirror.update_incremental()
+    assert "changeDataFeed" in (mirror.protocol().writer_features or [])
+    feed = pa.table(mirror.load_cdf(starting_version=before + 1)).to_pylist()
+    assert sorted((r["id"], r["_change_type"]) for r in feed) == [
+        (1, "update_postimage"),  # the default, which Postgres reports for the older row
+        (1, "update_preimage"),
+        (2, "update_postimage"),
+        (2, "update_preimage"),
+        (3, "insert"),
+    ]
+    assert [r["at"] for r in history(sync.history_uri("stamped"))][-2:] == [
+        pg_rows(pg_dsn, "stamped")[2]["at"],
+        pg_rows(pg_dsn, "stamped")[1]["at"],
+    ]
+    sync_table(copy, pg_dsn)
+
+    def without_arrays(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in row.items() if k != "ats"} for row in rows]  # jsonb there
+
+    assert without_arrays(pg_rows(pg_dsn, "stamped_copy")) == without_arrays(
+        pg_rows(pg_dsn, "stamped")
+    )
+    refreshed = sync_lakehouse(sync, pg_dsn, full_refresh=True)
+    assert refreshed.path == "snapshot"
+    assert delta_rows(sync.mirror_uri("stamped")) == pg_rows(pg_dsn, "stamped")
 
 
 def test_a_history_without_mirror_needs_full_identity_and_then_keeps_toast(

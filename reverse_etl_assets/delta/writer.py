@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, TableFeatures, Transaction, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
     DeltaError,
@@ -155,6 +155,7 @@ def merge_changes(
             )
         target = _schema(table)
         check_schema(uri, target, rows.select(data_columns).schema)
+        allow_new_types(table, rows.select(data_columns).schema)
         if rows.num_rows == 0 and not changes.clear_first:
             write_deltalake(
                 table,
@@ -218,6 +219,32 @@ def lookup_rows(
             unique = keys.group_by(list(key_columns)).aggregate([])
             found = found.join(unique, keys=list(key_columns), join_type="inner")
         return found.select(present)
+
+
+def allow_new_types(table: DeltaTable, data: pa.Schema) -> None:
+    """Give the table the protocol feature a column `data` adds needs, before a MERGE adds it.
+
+    A timestamp without time zone (a Postgres `timestamp`, alone or in an array) needs the
+    `timestampNtz` reader and writer feature. delta-rs sets it when a write creates or appends
+    such a column, but its MERGE refuses to add one to a table without it. The feature is its own
+    commit, before the data's: a crash between the two leaves the feature on and nothing else, and
+    the replay writes the data.
+    """
+    if "timestampNtz" in (table.protocol().writer_features or []):
+        return
+    if any(_has_local_timestamp(field.type) for field in data):
+        # Listed features replace the protocol version's implied ones: keep the Change Data Feed.
+        features = [TableFeatures.TimestampWithoutTimezone]
+        if _cdf_enabled(table):
+            features.append(TableFeatures.ChangeDataFeed)
+        table.alter.add_feature(features, allow_protocol_versions_increase=True)
+
+
+def _has_local_timestamp(type_: pa.DataType) -> bool:
+    """Whether the type is, or is an array of, a timestamp without time zone."""
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _has_local_timestamp(type_.value_type)
+    return pa.types.is_timestamp(type_) and type_.tz is None
 
 
 def check_schema(uri: str, table: pa.Schema, data: pa.Schema) -> None:
