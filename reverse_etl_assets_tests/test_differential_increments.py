@@ -263,7 +263,13 @@ def test_random_versions_sync_exactly_in_tiny_batches_many_seeds(
 
 
 @pytest.mark.slow
-def test_random_versions_sync_exactly_at_scale(tmp_path: Path, pg_dsn: str) -> None:
-    """Change files of tens of thousands of rows: several feed batches a file, paired whole."""
-    run = Differential(tmp_path, pg_dsn, seed=300, shape=SHAPES["single key"], scale=1000)
-    run.run(rows=20_000, syncs=4, duplicates=True)
+def test_random_versions_sync_exactly_at_scale(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Change files of thousands of rows read in feed batches of 200: several batches a file,
+    each file still paired whole (the same shape as files of tens of thousands of rows in
+    batches of 16,384, at a twentieth of the rows)."""
+    monkeypatch.setattr(change_feed, "BATCH_ROWS", 200)
+    monkeypatch.setattr(incremental, "BATCH_ROWS", 200)
+    run = Differential(tmp_path, pg_dsn, seed=300, shape=SHAPES["single key"], scale=50)
+    run.run(rows=2_000, syncs=4, duplicates=True)
