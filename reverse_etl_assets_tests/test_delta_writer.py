@@ -12,13 +12,15 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
+from reverse_etl_assets.delta import writer
 from reverse_etl_assets.delta.writer import (
     SchemaConflictError,
     append_changes,
     lookup_rows,
     merge_changes,
+    settled_columns,
     transaction_version,
     write_snapshot,
 )
@@ -380,6 +382,33 @@ def test_a_timestamp_without_zone_added_to_a_table_without_it_lands(
     assert mirror(uri)[2]["local"] == value
     if write == "merge":
         assert cdf_types(uri, table.version()) == {(2, "insert"): 1}
+
+
+def test_columns_added_before_a_crash_stay_unsettled_until_rows_land(tmp_path: Path) -> None:
+    """A mirror's new column is committed before the MERGE that fills its older rows; between
+    the two (a crash, then someone's OPTIMIZE) it is not settled, so the replay fills it."""
+    uri = str(tmp_path / "m")
+    v1 = pa.schema([("id", pa.int64()), ("a", pa.string())])
+    first = frame([{"t": "insert", "lsn": 1, "seq": 0, "id": 1, "a": "x"}], v1)
+    merge_changes(uri, mirror_changes(first, ["id"]), key_columns=["id"], app_id=APP, version=1)
+    assert settled_columns(uri) == {"id", "a"}
+    writer._add_columns(DeltaTable(uri), [pa.field("extra", pa.int32())])
+    DeltaTable(uri).optimize.compact()
+    assert settled_columns(uri) == {"id", "a"}
+    v2 = pa.schema([("id", pa.int64()), ("a", pa.string()), ("extra", pa.int32())])
+    second = frame([{"t": "insert", "lsn": 2, "seq": 0, "id": 2, "a": "y", "extra": 3}], v2)
+    merge_changes(uri, mirror_changes(second, ["id"]), key_columns=["id"], app_id=APP, version=2)
+    assert settled_columns(uri) == {"id", "a", "extra"}
+    assert settled_columns(str(tmp_path / "none")) is None
+
+
+def test_a_table_written_without_marks_has_every_column_settled(tmp_path: Path) -> None:
+    uri = str(tmp_path / "old")
+    write_deltalake(uri, pa.table({"id": [1], "a": ["x"]}))
+    write_deltalake(
+        uri, pa.table({"id": [2], "a": ["y"], "b": [1]}), mode="append", schema_mode="merge"
+    )
+    assert settled_columns(uri) == {"id", "a", "b"}
 
 
 def test_lookup_rows_composite_key(tmp_path: Path) -> None:

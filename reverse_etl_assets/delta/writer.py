@@ -1,6 +1,7 @@
 """Write lakehouse-sync changes into Delta tables: snapshot, history append, mirror merge.
 
-Each write is one Delta commit carrying the caller's application transaction (txn) version.
+Each write is one Delta commit carrying the caller's application transaction (txn) version
+(a mirror's new columns are added in a commit of their own just before it, see `_add_columns`).
 delta-rs does not refuse a txn version lower than or equal to the one in the table (versions are
 opaque to the protocol; delta-rs #2580): exactly once is the caller's job, reading
 `transaction_version` first and skipping what Delta holds. Only two writers racing from the same
@@ -9,6 +10,7 @@ table version with the same app_id are fenced (the second gets a TransientError 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, TableFeatures, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
     DeltaError,
@@ -34,6 +36,12 @@ from reverse_etl_assets.transform.lakehouse_changes import (
 )
 
 CDF_ON = {"delta.enableChangeDataFeed": "true"}
+# Commit metadata of our own: a commit carrying rows and the txn, and one adding mirror columns
+# (their names, JSON) before the MERGE that fills them.
+ROWS_MARK = "reverse_etl.txn"
+ADDED_MARK = "reverse_etl.added_columns"
+# Commits read back from the newest for the last one carrying rows, before all of them are.
+_RECENT_COMMITS = 20
 FULL_REFRESH_HINT = "run `reverse-etl sync NAME --full-refresh` for this lakehouse sync"
 
 
@@ -139,8 +147,9 @@ def merge_changes(
     A missing mirror is first created empty (CDF on, commit without txn), then merged: a crash
     between the two leaves an empty table with no txn, so a replay merges the frame again.
     When the frame changes nothing, an empty append commits the txn (delta-rs makes no commit
-    for a MERGE that changes nothing). Columns new in `changes` are added; table columns absent
-    from it (dropped in Postgres) become NULL on the rows the frame upserts.
+    for a MERGE that changes nothing). Columns new in `changes` are added first, in a commit of
+    their own (see `_add_columns`); table columns absent from it (dropped in Postgres) become NULL
+    on the rows the frame upserts.
     """
     rows = changes.rows
     data_columns = [c for c in rows.column_names if c != OP and not c.startswith(KEEP_PREFIX)]
@@ -155,7 +164,6 @@ def merge_changes(
             )
         target = _schema(table)
         check_schema(uri, target, rows.select(data_columns).schema)
-        allow_new_types(table, rows.select(data_columns).schema)
         if rows.num_rows == 0 and not changes.clear_first:
             write_deltalake(
                 table,
@@ -164,8 +172,14 @@ def merge_changes(
                 commit_properties=_commit(app_id, version),
             )
             return MergeResult(inserted=0, updated=0, deleted=0, version=table.version())
+        added = [
+            field for field in rows.select(data_columns).schema if field.name not in target.names
+        ]
+        if added:
+            _add_columns(table, added)
+            target = _schema(table)
         source = _pad_dropped_columns(rows, target)
-        metrics = _merge(table, source, changes, key_columns, target, app_id, version)
+        metrics = _merge(table, source, changes, key_columns, app_id, version)
         return MergeResult(
             inserted=int(metrics.get("num_target_rows_inserted", 0)),
             updated=int(metrics.get("num_target_rows_updated", 0)),
@@ -185,11 +199,32 @@ def read_keys(
         return table.to_pyarrow_dataset().to_table(columns=list(key_columns))
 
 
-def schema_of(uri: str, *, storage_options: dict[str, str] | None = None) -> pa.Schema | None:
-    """The Arrow schema of the Delta table at `uri`, None when there is no table."""
+def settled_columns(uri: str, *, storage_options: dict[str, str] | None = None) -> set[str] | None:
+    """The Delta table's columns whose older rows hold what the source reports for them: all its
+    columns but those a commit of `_add_columns` added after the last commit carrying rows (a
+    crash came between the two, so the MERGE that fills the older rows has yet to run). None when
+    there is no table."""
     with _guard(uri, storage_options):
         table = _open(uri, storage_options)
-        return None if table is None else _schema(table)
+        if table is None:
+            return None
+        pending: set[str] = set()
+        for commit in _commits_since_rows(table):
+            pending.update(json.loads(commit.get(ADDED_MARK, "[]")))
+        return set(_schema(table).names) - pending
+
+
+def _commits_since_rows(table: DeltaTable) -> list[dict[str, Any]]:
+    """The table's commits (their commit info), newest first, back to the last one that carried
+    rows of ours (not included): usually none, read from the newest commit alone."""
+    for limit in (1, _RECENT_COMMITS, None):
+        commits = table.history(limit)
+        for position, commit in enumerate(commits):
+            if ROWS_MARK in commit:
+                return commits[:position]
+        if limit is None or len(commits) < limit:
+            return commits
+    raise AssertionError("unreachable: the whole history was read")
 
 
 def lookup_rows(
@@ -221,32 +256,6 @@ def lookup_rows(
         return found.select(present)
 
 
-def allow_new_types(table: DeltaTable, data: pa.Schema) -> None:
-    """Give the table the protocol feature a column `data` adds needs, before a MERGE adds it.
-
-    A timestamp without time zone (a Postgres `timestamp`, alone or in an array) needs the
-    `timestampNtz` reader and writer feature. delta-rs sets it when a write creates or appends
-    such a column, but its MERGE refuses to add one to a table without it. The feature is its own
-    commit, before the data's: a crash between the two leaves the feature on and nothing else, and
-    the replay writes the data.
-    """
-    if "timestampNtz" in (table.protocol().writer_features or []):
-        return
-    if any(_has_local_timestamp(field.type) for field in data):
-        # Listed features replace the protocol version's implied ones: keep the Change Data Feed.
-        features = [TableFeatures.TimestampWithoutTimezone]
-        if _cdf_enabled(table):
-            features.append(TableFeatures.ChangeDataFeed)
-        table.alter.add_feature(features, allow_protocol_versions_increase=True)
-
-
-def _has_local_timestamp(type_: pa.DataType) -> bool:
-    """Whether the type is, or is an array of, a timestamp without time zone."""
-    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
-        return _has_local_timestamp(type_.value_type)
-    return pa.types.is_timestamp(type_) and type_.tz is None
-
-
 def check_schema(uri: str, table: pa.Schema, data: pa.Schema) -> None:
     """Raise SchemaConflictError when a column of `data` cannot be written as the table's type."""
     for field in data:
@@ -265,7 +274,6 @@ def _merge(
     source: pa.Table,
     changes: MirrorChanges,
     key_columns: Sequence[str],
-    target: pa.Schema,
     app_id: str,
     version: int,
 ) -> dict[str, Any]:
@@ -290,8 +298,6 @@ def _merge(
         predicate=predicate,
         source_alias="s",
         target_alias="t",
-        # only when needed: evolving the schema is a metadata change other writers conflict with
-        merge_schema=any(c not in target.names for c in columns),
         # the frame is already in memory; streaming it would drop the early file pruning from the
         # source's key range (measured: 10k hot-key changes into 1M rows 0.27 s vs 0.87 s)
         streamed_exec=False,
@@ -376,8 +382,27 @@ def _cdf_enabled(table: DeltaTable) -> bool:
 
 
 def _commit(app_id: str, version: int) -> CommitProperties:
-    """Commit properties carrying the caller's txn (app_id, version)."""
-    return CommitProperties(app_transactions=[Transaction(app_id, version)])
+    """Commit properties carrying the caller's txn (app_id, version), marked as ours."""
+    return CommitProperties(
+        app_transactions=[Transaction(app_id, version)], custom_metadata={ROWS_MARK: str(version)}
+    )
+
+
+def _add_columns(table: DeltaTable, fields: list[pa.Field]) -> None:
+    """Add columns to the table in a commit of their own, marked with their names.
+
+    Not in the MERGE itself: delta-rs gives a table a new id when a MERGE evolves its schema
+    (then a synced table reading it takes a full refresh, as for a recreated table), and refuses
+    to add a timestamp without time zone there, which `add_columns` enables the table feature
+    for. A crash before the MERGE leaves the columns added and their rows unfilled: the mark
+    tells `settled_columns` so, and the replay fills them.
+    """
+    table.alter.add_columns(
+        Schema.from_arrow(pa.schema(fields)).fields,
+        commit_properties=CommitProperties(
+            custom_metadata={ADDED_MARK: json.dumps([f.name for f in fields])}
+        ),
+    )
 
 
 def _version_after(uri: str, table: DeltaTable | None, options: dict[str, str] | None) -> int:

@@ -385,8 +385,8 @@ class ChangeStream:
         uri = self.sync.mirror_uri(table)
         options = self.sync.storage_options
         if uri not in self.mirror_columns:
-            target = writer.schema_of(uri, storage_options=options)
-            self.mirror_columns[uri] = set() if target is None else set(target.names)
+            settled = writer.settled_columns(uri, storage_options=options)
+            self.mirror_columns[uri] = settled or set()
         known = self.mirror_columns[uri]
         new = [c for c in table_columns(rows) if known and c not in known]
         known.update(table_columns(rows))
