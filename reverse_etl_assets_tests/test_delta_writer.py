@@ -5,16 +5,20 @@ mirror merge (against a plain Python model), schema evolution and errors.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from reverse_etl_assets.delta import writer
+from reverse_etl_assets.delta.sql_literals import literal
 from reverse_etl_assets.delta.writer import (
     SchemaConflictError,
     append_changes,
@@ -409,6 +413,53 @@ def test_a_table_written_without_marks_has_every_column_settled(tmp_path: Path) 
         uri, pa.table({"id": [2], "a": ["y"], "b": [1]}), mode="append", schema_mode="merge"
     )
     assert settled_columns(uri) == {"id", "a", "b"}
+
+
+EDGE_SCALARS = [
+    pa.scalar(True),
+    pa.scalar(-128, pa.int8()),
+    pa.scalar(-(2**63), pa.int64()),
+    pa.scalar(float("nan"), pa.float32()),
+    pa.scalar(-0.0, pa.float64()),
+    pa.scalar(float("-inf"), pa.float64()),
+    pa.scalar(5e-324, pa.float64()),
+    pa.scalar(Decimal("1E+2"), pa.decimal128(5, 0)),
+    pa.scalar(Decimal("-0.000"), pa.decimal128(38, 3)),
+    pa.scalar("it's `q` \\ \n ü", pa.string()),
+    pa.scalar(b"\x00'\xff", pa.binary()),
+    pa.scalar(dt.date(1, 1, 1), pa.date32()),
+    pa.scalar(dt.datetime(1, 1, 1, 0, 0, 0, 1), pa.timestamp("us")),
+    pa.scalar(
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC), pa.timestamp("us", "UTC")
+    ),
+]
+
+
+def test_sql_literals_set_exactly_their_value_on_unmatched_rows(tmp_path: Path) -> None:
+    uri = str(tmp_path / "m")
+    values = {f"c{i}": value for i, value in enumerate(EDGE_SCALARS)}
+    schema = pa.schema([("id", pa.int64())] + [(n, v.type) for n, v in values.items()])
+    empty = pa.table({"id": pa.array([1, 2], pa.int64())})
+    for name, value in values.items():
+        empty = empty.append_column(pa.field(name, value.type), pa.nulls(2, value.type))
+    write_deltalake(uri, empty, mode="overwrite", schema_mode="overwrite")
+    source = empty.filter(pc.equal(empty["id"], 2))
+    constants = {n: literal(v) for n, v in values.items()}
+    assert all(constants.values())
+    merger = DeltaTable(uri).merge(source, "t.id = s.id", source_alias="s", target_alias="t")
+    merger.when_not_matched_by_source_update({n: c for n, c in constants.items() if c}).execute()
+    table = DeltaTable(uri).to_pyarrow_table()
+    assert table.schema == schema
+    unmatched = table.filter(pc.equal(table["id"], 1))
+    for name, value in values.items():
+        landed = unmatched.column(name)[0]
+        if value.as_py() != value.as_py():  # NaN
+            assert landed.as_py() != landed.as_py(), name
+            continue
+        assert landed.equals(value), name
+        if pa.types.is_floating(value.type):  # -0.0 stays negative
+            assert math.copysign(1, landed.as_py()) == math.copysign(1, value.as_py()), name
+    assert literal(pa.scalar([1], pa.list_(pa.int32()))) is None
 
 
 def test_lookup_rows_composite_key(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
@@ -218,6 +219,56 @@ def test_rows_older_than_an_added_column_hold_its_default_in_the_mirror(
     sync_lakehouse(sync, pg_dsn)
     # Postgres reports the default for every row that existed when the column was added.
     assert delta_rows(sync.mirror_uri("orders")) == rows_of(pg_dsn, "orders")
+
+
+def test_defaults_of_every_scalar_type_reach_older_rows_without_reading_the_mirror(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Constant defaults are set by the MERGE on the rows it does not match, as SQL literals:
+    the mirror's keys are never read into memory for them (only an array's default is)."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE wide (id int PRIMARY KEY, v text)",
+        "INSERT INTO wide SELECT g, 'v' FROM generate_series(1, 3) g",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.wide"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE wide ADD COLUMN b bool DEFAULT true, ADD COLUMN s smallint DEFAULT -32768, "
+        "ADD COLUMN l bigint DEFAULT 9223372036854775807, ADD COLUMN n numeric(12,3) "
+        "DEFAULT -123456789.5, ADD COLUMN r real DEFAULT 0.1, ADD COLUMN d double precision "
+        "DEFAULT '-Infinity', ADD COLUMN t text DEFAULT E'it''s\\n\"q\"', ADD COLUMN e text "
+        "DEFAULT '', ADD COLUMN by bytea DEFAULT '\\x00ff', ADD COLUMN dt date DEFAULT "
+        "'0001-01-01', ADD COLUMN ts timestamp DEFAULT '0001-01-01 00:00:00.000001', "
+        "ADD COLUMN tz timestamptz DEFAULT '9999-12-31 23:59:59.999999+00', ADD COLUMN u uuid "
+        "DEFAULT 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        "UPDATE wide SET v = 'touched' WHERE id = 2",
+    )
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the mirror's keys were read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "read_keys", never)
+        sync_lakehouse(sync, pg_dsn)
+    # uuid lands as its text; psycopg reads real as the double of its text, Delta as the float.
+    as_delta = {"u": str, "r": lambda v: pa.scalar(v, pa.float32()).as_py()}
+    expected = [
+        {k: as_delta[k](v) if k in as_delta else v for k, v in r.items()}
+        for r in rows_of(pg_dsn, "wide")
+    ]
+    assert delta_rows(sync.mirror_uri("wide")) == expected
+    execute(
+        pg_dsn,
+        "ALTER TABLE wide ADD COLUMN a int[] DEFAULT '{1,NULL}'",
+        "DELETE FROM wide WHERE id = 3",
+    )
+    sync_lakehouse(sync, pg_dsn)
+    assert [(r["id"], r["a"]) for r in delta_rows(sync.mirror_uri("wide"))] == [
+        (1, [1, None]),
+        (2, [1, None]),
+    ]
 
 
 def test_an_ordinary_role_syncs_once_granted_and_no_error_shows_its_password(

@@ -308,6 +308,10 @@ def _merge(
     if updates:
         merger = merger.when_matched_update(updates, predicate=is_upsert)
     merger = merger.when_not_matched_insert(inserts, predicate=is_upsert)
+    if changes.untouched:
+        merger = merger.when_not_matched_by_source_update(
+            {_quote(c): value for c, value in changes.untouched}
+        )
     if changes.fill_columns:
         merger = merger.when_matched_update(
             {_quote(c): f"s.{_quote(c)}" for c in changes.fill_columns},

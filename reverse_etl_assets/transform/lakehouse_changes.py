@@ -44,6 +44,9 @@ class MirrorChanges:
     clear_first: bool
     # columns that rows with `_op` 'fill' set on target rows the frame does not otherwise touch
     fill_columns: tuple[str, ...] = ()
+    # column -> SQL constant the MERGE sets on every target row `rows` does not match (no rows
+    # needed for them: what `fill` rows do, for values a SQL literal can state)
+    untouched: tuple[tuple[str, str], ...] = ()
 
 
 def table_columns(frame: pa.Table) -> list[str]:

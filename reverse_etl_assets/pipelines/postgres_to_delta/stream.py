@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reverse_etl_assets.delta import writer
+from reverse_etl_assets.delta import sql_literals, writer
 from reverse_etl_assets.errors import ReverseEtlError
 from reverse_etl_assets.pipelines.postgres_to_delta.changes import Stamp, TableChanges
 from reverse_etl_assets.postgres.connect import connect
@@ -381,7 +381,8 @@ class ChangeStream:
     ) -> MirrorChanges:
         """The MERGE input for the mirror. A column added with a DEFAULT since the mirror's last
         commit reads that default in Postgres for every older row: the changes made before the
-        column existed, and the mirror rows the batch does not touch, get it too."""
+        column existed, and the mirror rows the batch does not touch, get it too (the MERGE sets
+        it on the rows it does not match, without reading them first)."""
         uri = self.sync.mirror_uri(table)
         options = self.sync.storage_options
         if uri not in self.mirror_columns:
@@ -404,6 +405,10 @@ class ChangeStream:
         )
         if merged.clear_first:
             return merged  # every older row is gone
+        constants = {c: sql_literals.literal(v) for c, v in values.items()}
+        if all(constants.values()):  # set by the MERGE itself on the rows it does not match
+            return replace(merged, untouched=tuple((c, v) for c, v in constants.items() if v))
+        # A value no SQL literal states here (an array): a `fill` row for every mirror key.
         return with_untouched_rows(
             merged, writer.read_keys(uri, keys, storage_options=options), values
         )
