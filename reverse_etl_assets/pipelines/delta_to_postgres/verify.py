@@ -35,6 +35,7 @@ from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets.transform import pg_hash
 from reverse_etl_assets.transform.buckets import HASH_MODULUS, BucketFingerprints, Fingerprint
 from reverse_etl_assets.transform.cleaning import BatchPreparer
+from reverse_etl_assets.transform.latest_per_key import LatestPerKey, keep_latest
 
 SAMPLE_KEYS = 5
 # Key buckets compared when the totals differ (a power of two). Postgres groups by them in about
@@ -230,15 +231,12 @@ def _hash_delta(
             buckets.add(key_hashes, row_hashes)
         return buckets
     # Latest row per key: that needs every row's key hash, timestamp and row hash (24 bytes a
-    # row, not the rows themselves) before the buckets can be summed.
-    parts = [
-        _hashes_frame(chunk, columns, keys, table.timeseries_key, hash_json)
-        for chunk in _wire_chunks(table, source, columns)
-    ]
-    if parts:
-        latest = _keep_latest(pl.concat(parts))
-        buckets.add(latest["k"].to_numpy(), latest["h"].to_numpy())
-    return buckets
+    # row, not the rows themselves) before the buckets can be summed, spilled to local files
+    # and settled a share at a time.
+    with LatestPerKey() as latest:
+        for chunk in _wire_chunks(table, source, columns):
+            latest.add(_hashes_frame(chunk, columns, keys, table.timeseries_key, hash_json))
+        return latest.buckets(BUCKETS)
 
 
 def _hashed_chunks(
@@ -323,13 +321,6 @@ def _hashes_frame(
     )
 
 
-def _keep_latest(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows holding each key's greatest timestamp (NULL only when all are; ties all stay),
-    as the sync's `keep_latest` leaves them."""
-    latest = pl.col("t").max().over("k")
-    return frame.filter((pl.col("t") == latest) | latest.is_null())
-
-
 # --- naming the differences -------------------------------------------------------------------
 
 
@@ -410,5 +401,5 @@ def _delta_bucket_rows(
         return {}
     found = pl.concat(parts)
     if table.timeseries_key is not None:
-        found = _keep_latest(found)
+        found = keep_latest(found)
     return {int(k): (int(h), values[i]) for k, h, i in found.select("k", "h", "i").iter_rows()}
