@@ -10,10 +10,11 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from reverse_etl_assets.delta import cdf_columns, change_feed, preimages
+from reverse_etl_assets.delta import cdf_columns, change_feed, preimages, reader
 from reverse_etl_assets.delta.cdf_columns import PAIRED_POSTIMAGE
 from reverse_etl_assets.delta.log import RangeUnavailable
 from reverse_etl_assets.delta.reader import open_source
+from reverse_etl_assets.errors import SourceError
 
 
 def feed(src: Path, *, start: int, engine: bool) -> list[tuple[object, ...]]:
@@ -204,3 +205,28 @@ def test_a_file_too_large_to_pair_is_read_whole(
     DeltaTable(str(src)).update(updates={"v": "'u'"}, predicate="id < 5")
     monkeypatch.setattr(preimages, "BUDGET_BYTES", 100)
     assert [r[-2] for r in keyed_feed(src, ("id",))].count("update_preimage") == 5
+
+
+def test_rows_of_touched_keys_stream_in_batches_and_a_vacuumed_file_is_a_source_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeseries range that removed rows re-reads the touched keys' rows from the source:
+    a key may hold any number of rows, so they come batch by batch, never as one table."""
+    src = tmp_path / "ts"
+    rows = pa.table({"id": [i % 3 for i in range(300)], "at": list(range(300))})
+    write_deltalake(src, rows)
+    write_deltalake(src, pa.table({"id": [7], "at": [0]}), mode="append")
+    monkeypatch.setattr(reader, "BATCH_ROWS", 40)
+    source = open_source(str(src), storage_options={})
+    batches = reader.read_rows_with_keys(source, pa.table({"id": [0, 7]}))
+    assert not isinstance(batches, pa.Table)
+    got = list(batches)
+    assert max(b.num_rows for b in got) <= 40 and len(got) >= 3
+    assert sorted(r["at"] for b in got for r in b.to_pylist() if r["id"] == 0) == list(
+        range(0, 300, 3)
+    )
+    assert [r["at"] for b in got for r in b.to_pylist() if r["id"] == 7] == [0]
+    for data_file in src.glob("*.parquet"):
+        data_file.unlink()  # vacuumed under the pinned version
+    with pytest.raises(SourceError, match="sync again"):
+        list(reader.read_rows_with_keys(source, pa.table({"id": [0]})))

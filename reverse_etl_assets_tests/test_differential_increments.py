@@ -18,9 +18,8 @@ import pytest
 from deltalake import DeltaTable
 from psycopg import sql
 
-from reverse_etl_assets.delta import change_feed, preimages
+from reverse_etl_assets.delta import change_feed, preimages, reader
 from reverse_etl_assets.errors import DataError
-from reverse_etl_assets.pipelines.delta_to_postgres import incremental
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets_tests.delta_workload import DeltaWorkload, Shape
@@ -209,7 +208,7 @@ def tiny_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Feed batches of a few rows (a range spans many chunks) and a pairing budget most change
     files exceed (their preimages are staged unpaired)."""
     monkeypatch.setattr(change_feed, "BATCH_ROWS", 5)
-    monkeypatch.setattr(incremental, "BATCH_ROWS", 5)
+    monkeypatch.setattr(reader, "BATCH_ROWS", 5)
     monkeypatch.setattr(preimages, "BUDGET_BYTES", 300)
     yield
 
@@ -270,6 +269,6 @@ def test_random_versions_sync_exactly_at_scale(
     each file still paired whole (the same shape as files of tens of thousands of rows in
     batches of 16,384, at a twentieth of the rows)."""
     monkeypatch.setattr(change_feed, "BATCH_ROWS", 200)
-    monkeypatch.setattr(incremental, "BATCH_ROWS", 200)
+    monkeypatch.setattr(reader, "BATCH_ROWS", 200)
     run = Differential(tmp_path, pg_dsn, seed=300, shape=SHAPES["single key"], scale=50)
     run.run(rows=2_000, syncs=4, duplicates=True)

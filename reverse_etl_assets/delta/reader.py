@@ -145,10 +145,11 @@ def read_batches(
         ) from exc
 
 
-def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> pa.Table:
+def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> Iterator[pa.RecordBatch]:
     """The pinned version's rows whose key columns take the values in `keys` (column by column:
-    a superset of the exact composite keys, which the caller narrows). Files whose statistics
-    exclude the values are skipped; the rest are scanned."""
+    a superset of the exact composite keys, which the caller narrows), batch by batch as they are
+    read: a key may hold any number of rows. Files whose statistics exclude the values are
+    skipped; the rest are scanned. A read failure, raised while iterating, is a SourceError."""
     dataset: pads.Dataset = snapshot.table.to_pyarrow_dataset()
     condition: pads.Expression | None = None
     for name in keys.column_names:
@@ -157,15 +158,16 @@ def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> pa.Table:
         test = pc.field(name).isin(wanted.cast(field_type))
         condition = test if condition is None else condition & test
     try:
-        found = dataset.to_table(filter=condition, columns=snapshot.schema.names)
+        for batch in dataset.to_batches(
+            filter=condition, columns=snapshot.schema.names, batch_size=BATCH_ROWS
+        ):
+            if batch.num_rows:
+                yield _conform(batch, snapshot.schema, {})
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(
             f"reading Delta table {snapshot.uri} at version {snapshot.version} failed: {exc}. "
             "If its files were vacuumed or rewritten, sync again to read the latest version"
         ) from exc
-    return pa.Table.from_batches(
-        [_conform(b, snapshot.schema, {}) for b in found.to_batches()], schema=snapshot.schema
-    )
 
 
 def _conform(

@@ -16,7 +16,6 @@ from psycopg import sql
 from reverse_etl_assets.delta.change_feed import stream_changes
 from reverse_etl_assets.delta.log import Commit, RangeUnavailable, read_commits
 from reverse_etl_assets.delta.reader import (
-    BATCH_ROWS,
     SourceSnapshot,
     open_source,
     read_rows_with_keys,
@@ -262,12 +261,11 @@ def _net(
         # feed does not carry. The touched keys' rows are read from the source at V (file
         # statistics skip the rest), which writes only those keys; a snapshot swap would
         # rewrite the whole table and its indexes for the same answer.
-        remaining = read_rows_with_keys(source, touched)
         apply.stage_rows(
             conn,
             change_stage.REMAINING,
             preparer.row_columns,
-            preparer.rows(remaining.to_batches(max_chunksize=BATCH_ROWS)),
+            preparer.rows(read_rows_with_keys(source, touched)),
         )
     return change_stage.net_latest_rows(
         conn,
