@@ -16,7 +16,7 @@ from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
-from reverse_etl_assets.spec import parse_spec
+from reverse_etl_assets.spec import Spec, parse_spec
 from reverse_etl_assets_tests.lakehouse_helpers import (
     delta_rows,
     execute,
@@ -279,6 +279,28 @@ def test_a_value_delta_cannot_hold_fails_its_table_with_column_and_fix(
     assert [r["id"] for r in delta_rows(sync.mirror_uri("e"))] == [1]
 
 
+def loop_spec(tmp_path: Path, table: str) -> Spec:
+    """A lakehouse sync of public.<table> into bronze.app, and a triggered synced table
+    `serving.public.<table>_copy` reading its mirror back into Postgres."""
+    return parse_spec(
+        {
+            "lake_root": str(tmp_path / "lake"),
+            "lakehouse_syncs": [
+                {"name": "app", "tables": [f"public.{table}"], "target": "bronze.app"}
+            ],
+            "synced_tables": [
+                {
+                    "name": f"serving.public.{table}_copy",
+                    "source": f"bronze.app.{table}",
+                    "primary_key": ["id"],
+                    "mode": "triggered",
+                }
+            ],
+        },
+        path=tmp_path / "spec.yaml",
+    )
+
+
 def test_the_loop_closes_postgres_to_mirror_to_a_synced_table(pg_dsn: str, tmp_path: Path) -> None:
     execute(
         pg_dsn,
@@ -287,24 +309,7 @@ def test_the_loop_closes_postgres_to_mirror_to_a_synced_table(pg_dsn: str, tmp_p
     )
     sync = lakehouse_sync(tmp_path)
     sync_lakehouse(sync, pg_dsn)
-    spec = parse_spec(
-        {
-            "lake_root": str(tmp_path / "lake"),
-            "lakehouse_syncs": [
-                {"name": "app", "tables": ["public.orders"], "target": "bronze.app"}
-            ],
-            "synced_tables": [
-                {
-                    "name": "serving.public.orders_copy",
-                    "source": "bronze.app.orders",
-                    "primary_key": ["id"],
-                    "mode": "triggered",
-                }
-            ],
-        },
-        path=tmp_path / "spec.yaml",
-    )
-    table = spec.synced_tables[0]
+    table = loop_spec(tmp_path, "orders").synced_tables[0]
     assert table.source_uri == sync.mirror_uri("orders")
     sync_table(table, pg_dsn)
     execute(
@@ -400,23 +405,7 @@ def test_an_added_timestamp_column_without_zone_lands_and_follows_back(
         "CREATE TABLE stamped (id int PRIMARY KEY, v text)",
         "INSERT INTO stamped VALUES (1, 'a'), (2, 'b')",
     )
-    spec = parse_spec(
-        {
-            "lake_root": str(tmp_path / "lake"),
-            "lakehouse_syncs": [
-                {"name": "app", "tables": ["public.stamped"], "target": "bronze.app"}
-            ],
-            "synced_tables": [
-                {
-                    "name": "serving.public.stamped_copy",
-                    "source": "bronze.app.stamped",
-                    "primary_key": ["id"],
-                    "mode": "triggered",
-                }
-            ],
-        },
-        path=tmp_path / "spec.yaml",
-    )
+    spec = loop_spec(tmp_path, "stamped")
     sync, copy = spec.lakehouse_syncs[0], spec.synced_tables[0]
     sync_lakehouse(sync, pg_dsn)
     sync_table(copy, pg_dsn)
