@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from reverse_etl_assets.delta.reader import open_source, read_rows_with_keys
 from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
@@ -505,3 +506,44 @@ def test_an_unchanged_toast_value_the_batch_lacks_comes_from_the_mirror(
         r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
     ]
     assert {r["id"]: r["body"] for r in posts} == bodies
+
+
+@pytest.mark.parametrize(
+    ("key_type", "key_a", "key_b"),
+    [
+        ("text", "'a,\"b'", "'ü😀'"),
+        ("uuid", f"'{'0' * 32}'", f"'{'f' * 32}'"),
+        ("bytea", "'\\x00ff'", "'\\x'"),
+    ],
+)
+def test_an_unchanged_toast_value_under_a_key_of_another_type_comes_from_the_mirror(
+    pg_dsn: str, tmp_path: Path, key_type: str, key_a: str, key_b: str
+) -> None:
+    """Looking the mirror up by a text key used to fail in Arrow (string against the dataset's
+    string_view), so an update that left a TOASTed value unchanged stopped the sync."""
+    execute(
+        pg_dsn,
+        f"CREATE TABLE docs (id {key_type} PRIMARY KEY, title text, body text)",
+        "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",
+        f"INSERT INTO docs VALUES ({key_a}, 't', repeat('x', 5000)), "
+        f"({key_b}, 't', repeat('y', 5000))",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.docs"])
+    sync_lakehouse(sync, pg_dsn)
+    for title in ("kept", "kept again"):  # the second lookup reads a file the MERGE wrote
+        execute(pg_dsn, f"UPDATE docs SET title = '{title}' WHERE id = {key_a}")
+        result = sync_lakehouse(sync, pg_dsn)
+        assert result.failed_tables == {}
+    landed = [{**r, "id": str(r["id"])} for r in delta_rows(sync.mirror_uri("docs"))]
+    assert landed == [{**r, "id": str(r["id"])} for r in pg_rows(pg_dsn, "docs")]
+    posts = [
+        r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
+    ]
+    assert [r["body"] for r in posts] == ["x" * 5000] * 2
+    # A synced table reading the mirror looks rows up by key the same way (timeseries tables).
+    mirror = open_source(sync.mirror_uri("docs"), storage_options={})
+    kept = next(r["id"] for r in pg_rows(pg_dsn, "docs") if r["title"] == "kept again")
+    wanted = pa.table({"id": [str(kept) if key_type == "uuid" else kept]}).cast(
+        pa.schema([mirror.schema.field("id")])
+    )
+    assert read_rows_with_keys(mirror, wanted).column("title").to_pylist() == ["kept again"]

@@ -5,6 +5,8 @@ Everything delta-rs specific on the read side of a snapshot lives here.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,14 +152,24 @@ def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> pa.Table:
     a superset of the exact composite keys, which the caller narrows). Files whose statistics
     exclude the values are skipped; the rest are scanned."""
     dataset: pads.Dataset = snapshot.table.to_pyarrow_dataset()
-    condition: pads.Expression | None = None
-    for name in keys.column_names:
-        wanted = pc.unique(keys.column(name).combine_chunks())
-        field_type = dataset.schema.field(name).type
-        test = pc.field(name).isin(wanted.cast(field_type))
-        condition = test if condition is None else condition & test
+
+    def condition(cast: bool) -> pads.Expression:
+        tests = []
+        for name in keys.column_names:
+            wanted = pc.unique(keys.column(name).combine_chunks())
+            field_type = dataset.schema.field(name).type
+            column = pc.field(name).cast(field_type) if cast else pc.field(name)
+            tests.append(column.isin(wanted.cast(field_type)))
+        return functools.reduce(operator.and_, tests)
+
     try:
-        found = dataset.to_table(filter=condition, columns=snapshot.schema.names)
+        try:
+            found = dataset.to_table(filter=condition(False), columns=snapshot.schema.names)
+        except pa.ArrowNotImplementedError:
+            # A file a delta-rs MERGE wrote stores strings as views (`string_view`), whose
+            # statistics Arrow cannot compare with `string` values: cast the key columns to
+            # the table's types, which every file evaluates (without pruning by statistics).
+            found = dataset.to_table(filter=condition(True), columns=snapshot.schema.names)
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(
             f"reading Delta table {snapshot.uri} at version {snapshot.version} failed: {exc}. "

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, TableFeatures, Transaction, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
@@ -213,12 +214,29 @@ def lookup_rows(
         key_schema = pa.schema([dataset.schema.field(k) for k in key_columns])
         keys = keys.cast(key_schema)
         values = pc.unique(keys.column(first).combine_chunks())
-        found = dataset.to_table(columns=present, filter=pc.field(first).isin(values))
+        found = scan_isin(dataset, present, first, values)
         if len(key_columns) > 1:
             # isin on the first key column prunes files; the join keeps exact composite keys
             unique = keys.group_by(list(key_columns)).aggregate([])
             found = found.join(unique, keys=list(key_columns), join_type="inner")
         return found.select(present)
+
+
+def scan_isin(
+    dataset: pads.Dataset, columns: Sequence[str], name: str, values: pa.Array
+) -> pa.Table:
+    """`columns` of the rows whose `name` is in `values`, files pruned by their statistics.
+
+    A file a delta-rs MERGE wrote stores strings and binaries as Arrow views (`string_view`),
+    while the dataset's schema and so `values` say `string`: Arrow then cannot compare the
+    file's statistics with the values ("no kernel matching input types (string, string_view)").
+    Such a scan is retried with the column cast to the dataset's type, which every file can
+    evaluate (without pruning by statistics)."""
+    try:
+        return dataset.to_table(columns=list(columns), filter=pc.field(name).isin(values))
+    except pa.ArrowNotImplementedError:
+        cast = pc.field(name).cast(dataset.schema.field(name).type)
+        return dataset.to_table(columns=list(columns), filter=cast.isin(values))
 
 
 def allow_new_types(table: DeltaTable, data: pa.Schema) -> None:
