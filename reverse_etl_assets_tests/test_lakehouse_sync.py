@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -547,3 +548,72 @@ def test_an_unchanged_toast_value_under_a_key_of_another_type_comes_from_the_mir
         pa.schema([mirror.schema.field("id")])
     )
     assert read_rows_with_keys(mirror, wanted).column("title").to_pylist() == ["kept again"]
+
+
+def test_older_rows_read_an_added_default_in_the_text_forms_the_stream_uses(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """The value older rows read for a column added with a DEFAULT (attmissingval) used to be
+    printed under the database's own settings, not the pinned ones of the stream: another
+    IntervalStyle, a rounded float, escaped bytea, a local-time offset reached the casts."""
+    database = pg_dsn.rsplit("/", 1)[1]  # the fixture gives a URI ending in the database
+    execute(
+        pg_dsn,
+        *(
+            f"ALTER DATABASE {database} SET {setting}"
+            for setting in (
+                "intervalstyle = 'iso_8601'",
+                "extra_float_digits = 0",
+                "bytea_output = 'escape'",
+                "timezone = 'Europe/Amsterdam'",
+            )
+        ),
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE t ADD COLUMN iv interval DEFAULT '1 day 2 hours', "
+        "ADD COLUMN f float8 DEFAULT 0.12345678901234568, ADD COLUMN b bytea DEFAULT '\\x00ff', "
+        "ADD COLUMN at timestamptz DEFAULT '1900-01-01 00:00:00+00'",
+        "INSERT INTO t VALUES (2)",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    assert result.failed_tables == {}
+    older, newer = delta_rows(sync.mirror_uri("t"))
+    assert newer == {
+        "id": 2,
+        "iv": "1 day 02:00:00",
+        "f": 0.12345678901234568,
+        "b": b"\x00\xff",
+        "at": datetime(1900, 1, 1, tzinfo=UTC),
+    }
+    assert older == {**newer, "id": 1}
+
+
+def test_an_added_default_delta_cannot_hold_fails_its_table_with_column_and_fix(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Older rows read the default of an added column: one Delta cannot hold stops the table
+    clearly (it used to escape as a traceback that stopped every table)."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE e (id int PRIMARY KEY)",
+        "CREATE TABLE ok (id int PRIMARY KEY)",
+        "INSERT INTO e VALUES (1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.e", "public.ok"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE e ADD COLUMN day date DEFAULT 'infinity'",
+        "INSERT INTO e VALUES (2, '2020-01-01')",
+        "INSERT INTO ok VALUES (1)",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    message = result.failed_tables["public.e"]
+    assert "day" in message and "infinity" in message and "--full-refresh" in message
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("e"))] == [1]
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("ok"))] == [1]
