@@ -617,3 +617,23 @@ def test_an_added_default_delta_cannot_hold_fails_its_table_with_column_and_fix(
     assert "day" in message and "infinity" in message and "--full-refresh" in message
     assert [r["id"] for r in delta_rows(sync.mirror_uri("e"))] == [1]
     assert [r["id"] for r in delta_rows(sync.mirror_uri("ok"))] == [1]
+
+
+def test_a_generated_column_stays_out_of_delta_like_out_of_the_stream(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """PostgreSQL (before 18) does not publish generated columns: the snapshot used to copy one,
+    and every change after it set the mirror's value to NULL, a value Postgres never held."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE g (id int PRIMARY KEY, v int, twice int GENERATED ALWAYS AS (v * 2) STORED)",
+        "INSERT INTO g (id, v) VALUES (1, 1), (2, 2)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.g"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "UPDATE g SET v = 10 WHERE id = 1", "INSERT INTO g (id, v) VALUES (3, 3)")
+    sync_lakehouse(sync, pg_dsn)
+    expected = [{"id": r["id"], "v": r["v"]} for r in pg_rows(pg_dsn, "g")]
+    assert delta_rows(sync.mirror_uri("g")) == expected
+    assert {r["_pg_change_type"] for r in history(sync.history_uri("g"))} >= {"insert"}
+    assert "twice" not in DeltaTable(sync.history_uri("g")).schema().to_arrow().names
