@@ -14,7 +14,7 @@ import pytest
 from deltalake import DeltaTable
 
 from reverse_etl_assets.delta.reader import open_source, read_rows_with_keys
-from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.errors import DataError, SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
@@ -637,3 +637,33 @@ def test_a_generated_column_stays_out_of_delta_like_out_of_the_stream(
     assert delta_rows(sync.mirror_uri("g")) == expected
     assert {r["_pg_change_type"] for r in history(sync.history_uri("g"))} >= {"insert"}
     assert "twice" not in DeltaTable(sync.history_uri("g")).schema().to_arrow().names
+
+
+@pytest.mark.parametrize(
+    ("column_type", "value", "named"),
+    [
+        ("date", "0044-03-15 BC", "'0044-03-15 BC'"),
+        ("numeric(10,2)[]", "{NaN}", "'NaN'"),  # an array names its element
+        ("int[]", "{{1,2},{3,4}}", "'{{1,2},{3,4}}'"),
+    ],
+)
+def test_a_value_delta_cannot_hold_in_the_snapshot_names_table_column_and_value(
+    pg_dsn: str, tmp_path: Path, column_type: str, value: str, named: str
+) -> None:
+    """The snapshot's error used to name the column and the value but not the table."""
+    execute(
+        pg_dsn,
+        f"CREATE TABLE e (id int PRIMARY KEY, bad {column_type})",
+        "CREATE TABLE ok (id int PRIMARY KEY)",
+        f"INSERT INTO e VALUES (1, '{value}')",
+        "INSERT INTO ok VALUES (1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.ok", "public.e"])
+    with pytest.raises(DataError) as raised:
+        sync_lakehouse(sync, pg_dsn)
+    message = str(raised.value)
+    assert "public.e" in message and "column bad" in message and named in message
+    assert "change or remove the value" in message
+    execute(pg_dsn, "UPDATE e SET bad = NULL")
+    assert sync_lakehouse(sync, pg_dsn).path == "snapshot"
+    assert delta_rows(sync.mirror_uri("e")) == [{"id": 1, "bad": None}]
