@@ -667,3 +667,30 @@ def test_a_value_delta_cannot_hold_in_the_snapshot_names_table_column_and_value(
     execute(pg_dsn, "UPDATE e SET bad = NULL")
     assert sync_lakehouse(sync, pg_dsn).path == "snapshot"
     assert delta_rows(sync.mirror_uri("e")) == [{"id": 1, "bad": None}]
+
+
+def test_an_unchanged_toasted_array_under_a_composite_key_comes_from_the_mirror(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Filling an unchanged TOAST value from the mirror under a composite key joined the mirror's
+    rows in Arrow, which refuses list columns: a TOASTed array stopped the sync."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE docs (a int, b text, title text, tags text[], PRIMARY KEY (a, b))",
+        "ALTER TABLE docs ALTER COLUMN tags SET STORAGE EXTERNAL",
+        "INSERT INTO docs SELECT g, 'k', 't', array_fill(repeat('x', 100), ARRAY[60]) "
+        "FROM generate_series(1, 2) g",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.docs"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "UPDATE docs SET title = 'kept' WHERE a = 1")
+    result = sync_lakehouse(sync, pg_dsn)
+    assert result.failed_tables == {}
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT a, b, title, tags FROM docs ORDER BY a").fetchall()
+    landed = delta_rows(sync.mirror_uri("docs"), key="a")
+    assert [(r["a"], r["b"], r["title"], r["tags"]) for r in landed] == rows
+    posts = [
+        r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
+    ]
+    assert [r["tags"] for r in posts] == [["x" * 100] * 60]

@@ -216,9 +216,15 @@ def lookup_rows(
         values = pc.unique(keys.column(first).combine_chunks())
         found = scan_isin(dataset, present, first, values)
         if len(key_columns) > 1:
-            # isin on the first key column prunes files; the join keeps exact composite keys
+            # isin on the first key column prunes files; a semi join keeps exact composite keys.
+            # It joins the key columns and row numbers only: Arrow's joins refuse list columns
+            # (a Postgres array) among the other fields.
             unique = keys.group_by(list(key_columns)).aggregate([])
-            found = found.join(unique, keys=list(key_columns), join_type="inner")
+            numbered = found.select(list(key_columns)).append_column(
+                "__row", pa.array(range(found.num_rows), pa.int64())
+            )
+            matched = numbered.join(unique, keys=list(key_columns), join_type="left semi")
+            found = found.take(matched.column("__row"))
         return found.select(present)
 
 
