@@ -198,6 +198,20 @@ SETUP = [
     "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
 ]
 
+# Columns stored out of line, uncompressed, that updates never touch: pgoutput sends them as
+# unchanged (`u`), and the mirror and history must keep their values (rule 4). Type, a value of
+# about `size` characters, what it lands as.
+TOASTED: dict[str, tuple[str, Callable[[random.Random, int], str], str]] = {
+    "big": ("text", lambda r, n: r.choice(TRICKY) * n, "text"),
+    "big_b": (
+        "bytea",
+        lambda r, n: "\\x" + bytes([0, r.randint(0, 255)]).hex() * (n // 2),
+        "binary",
+    ),
+    "big_j": ("jsonb", lambda r, n: '{"k": "' + "ü" * n + '"}', "text"),
+    "big_a": ("text[]", lambda r, n: '{"' + "," * n + '",NULL}', "list:text"),
+}
+
 # Key column types: their Postgres type and a generator of distinct-enough values.
 KEYS: dict[str, tuple[list[tuple[str, str]], Callable[[random.Random], tuple[str, ...]]]] = {
     "int": ([("k", "int")], lambda r: (str(r.randint(-50, 50)),)),
@@ -339,7 +353,6 @@ class Workload:
         # table, which gives older rows every earlier added column's DEFAULT without logging it
         # (README "Not yet followed": values Postgres gives older rows without logging them).
         self.later = [Column(f"x_{k}", k) for k in kinds if k != "dm"]
-        self.toast = "big"  # a text column kept TOASTed out of line
         with _connect(dsn) as conn:
             for statement in SETUP:
                 conn.execute(statement)  # type: ignore[arg-type]
@@ -350,18 +363,22 @@ class Workload:
                 sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(KINDS[c.kind].sql_type))
                 for c in self.columns
             ]
-            defs.append(sql.SQL("{} text").format(sql.Identifier(self.toast)))
+            defs += [
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(sql_type))
+                for name, (sql_type, _, _) in TOASTED.items()
+            ]
             keys = sql.SQL(", ").join(sql.Identifier(n) for n, _ in self.key_cols)
             conn.execute(
                 sql.SQL("CREATE TABLE typed ({}, PRIMARY KEY ({}))").format(
                     sql.SQL(", ").join(defs), keys
                 )
             )
-            conn.execute(
-                sql.SQL("ALTER TABLE typed ALTER COLUMN {} SET STORAGE EXTERNAL").format(
-                    sql.Identifier(self.toast)
+            for name in TOASTED:
+                conn.execute(
+                    sql.SQL("ALTER TABLE typed ALTER COLUMN {} SET STORAGE EXTERNAL").format(
+                        sql.Identifier(name)
+                    )
                 )
-            )
             if full:
                 conn.execute("ALTER TABLE typed REPLICA IDENTITY FULL")
 
@@ -396,10 +413,13 @@ class Workload:
     def insert(self, conn: psycopg.Connection) -> bool:
         """Insert a row (nothing when its key is taken); whether it did."""
         columns = [c for c in self.columns if self.rng.random() < 0.8]
-        names = [n for n, _ in self.key_cols] + [c.name for c in columns] + [self.toast]
-        types = [t for _, t in self.key_cols] + [KINDS[c.kind].sql_type for c in columns] + ["text"]
-        big = self.rng.choice([None, "small", "x" * self.rng.randint(3000, 9000)])
-        values = [*self.key_gen(self.rng), *(self.value(c) for c in columns), big]
+        names = [n for n, _ in self.key_cols] + [c.name for c in columns] + list(TOASTED)
+        types = [t for _, t in self.key_cols] + [KINDS[c.kind].sql_type for c in columns]
+        types += [sql_type for sql_type, _, _ in TOASTED.values()]
+        values = [*self.key_gen(self.rng), *(self.value(c) for c in columns)]
+        for _, big, _ in TOASTED.values():
+            size = self.rng.choice([0, 1, self.rng.randint(3000, 9000)])
+            values.append(big(self.rng, size) if size else None)
         cur = conn.execute(
             sql.SQL("INSERT INTO typed ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
                 sql.SQL(", ").join(sql.Identifier(n) for n in names),
@@ -479,11 +499,11 @@ class Workload:
 
     def postgres(self) -> dict[tuple[Any, ...], dict[str, Any]]:
         """Every row as the mirror must hold it, by key (as landed), from `::text` forms."""
-        names = [n for n, _ in self.key_cols] + [c.name for c in self.columns] + [self.toast]
+        names = [n for n, _ in self.key_cols] + [c.name for c in self.columns] + list(TOASTED)
         kinds = {n: _key_kind(t) for n, t in self.key_cols} | {
             c.name: KINDS[c.kind].lands_as for c in self.columns
         }
-        kinds[self.toast] = "text"
+        kinds |= {name: lands_as for name, (_, _, lands_as) in TOASTED.items()}
         with _connect(self.dsn) as conn:
             rows = conn.execute(
                 sql.SQL("SELECT {} FROM typed").format(
