@@ -29,6 +29,7 @@ import pytest
 from deltalake import DeltaTable
 from psycopg import sql
 
+from reverse_etl_assets.errors import DataError
 from reverse_etl_assets.pipelines.postgres_to_delta.run import sync_lakehouse
 from reverse_etl_assets.postgres.replication.session import SESSION_OPTIONS
 from reverse_etl_assets.spec import LakehouseSync
@@ -624,3 +625,79 @@ def test_random_values_of_every_type_land_as_documented_more_seeds(
     pg_dsn: str, tmp_path: Path, seed: int
 ) -> None:
     run_campaign(pg_dsn, tmp_path, seed, rounds=6, changes=40)
+
+
+# Values Delta cannot hold, and how the message names them (an array names its element). README
+# "Types": "the table stops with a message naming the column and the value, never a silent wrong
+# value"; DESIGN §10 rule 8.
+UNREPRESENTABLE = [
+    ("date", "infinity", "'infinity'"),
+    ("date", "0044-03-15 BC", "'0044-03-15 BC'"),
+    ("date", "10000-01-01", "'10000-01-01'"),
+    ("timestamp", "-infinity", "'-infinity'"),
+    ("timestamp", "0001-12-31 23:59:59 BC", "'0001-12-31 23:59:59 BC'"),
+    ("timestamptz", "294276-12-31 23:59:59+00", "'294276-12-31 23:59:59+00'"),
+    ("numeric(10,2)", "NaN", "'NaN'"),
+    ("int[]", "{{1},{2}}", "'{{1},{2}}'"),
+    ("int[]", "[2:2]={7}", "'[2:2]={7}'"),
+    ("date[]", "{2000-01-01,-infinity}", "'-infinity'"),
+]
+PATHS = ["snapshot", "stream", "default"]  # initial COPY, a change, older rows of ADD COLUMN
+
+
+def check_unrepresentable(
+    dsn: str, tmp_path: Path, path: str, sql_type: str, value: str, named: str
+) -> None:
+    """One value Delta cannot hold stops its table with table, column, value and the fix; the
+    sync's other table goes on, and the mirror keeps only what came before."""
+    literal = sql.Literal(value).as_string()
+    with _connect(dsn) as conn:
+        conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+        conn.execute(f"CREATE TABLE bad (id int PRIMARY KEY, v {sql_type})")  # type: ignore[arg-type]
+        conn.execute("INSERT INTO bad VALUES (1, NULL)")
+        if path == "snapshot":
+            conn.execute(f"INSERT INTO bad VALUES (2, {literal}::{sql_type})")  # type: ignore[arg-type]
+    sync = lakehouse_sync(tmp_path, tables=["public.bad", "public.other"])
+    if path == "snapshot":
+        with pytest.raises(DataError) as raised:
+            sync_lakehouse(sync, dsn)
+        message = str(raised.value)
+        assert "public.bad" in message and "column v" in message and named in message, message
+        assert "change or remove the value in Postgres" in message, message
+        return
+    sync_lakehouse(sync, dsn)
+    with _connect(dsn) as conn:
+        if path == "stream":
+            conn.execute(f"INSERT INTO bad VALUES (2, {literal}::{sql_type})")  # type: ignore[arg-type]
+        else:
+            conn.execute(f"ALTER TABLE bad ADD COLUMN w {sql_type} DEFAULT {literal}")  # type: ignore[arg-type]
+            # Only the older row reads the default: the new one says NULL.
+            conn.execute("INSERT INTO bad (id, w) VALUES (2, NULL)")
+        conn.execute("INSERT INTO other VALUES (1)")
+    result = sync_lakehouse(sync, dsn)
+    message = result.failed_tables.get("public.bad", "")
+    column = "column v" if path == "stream" else "column w"
+    assert "public.bad" in message and column in message and named in message, message
+    assert "--full-refresh" in message, message
+    assert list(result.failed_tables) == ["public.bad"]
+    assert DeltaTable(sync.mirror_uri("bad")).to_pyarrow_table().to_pylist() == [
+        {"id": 1, "v": None}
+    ]
+    assert DeltaTable(sync.mirror_uri("other")).to_pyarrow_table().to_pylist() == [{"id": 1}]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_value_delta_cannot_hold_stops_its_table_clearly(
+    pg_dsn: str, tmp_path: Path, path: str
+) -> None:
+    sql_type, value, named = random.Random(f"unrepresentable {path}").choice(UNREPRESENTABLE)
+    check_unrepresentable(pg_dsn, tmp_path, path, sql_type, value, named)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("sql_type", "value", "named"), UNREPRESENTABLE)
+def test_every_value_delta_cannot_hold_stops_its_table_clearly(
+    pg_dsn: str, tmp_path: Path, path: str, sql_type: str, value: str, named: str
+) -> None:
+    check_unrepresentable(pg_dsn, tmp_path, path, sql_type, value, named)
