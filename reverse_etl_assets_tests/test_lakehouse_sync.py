@@ -694,3 +694,34 @@ def test_an_unchanged_toasted_array_under_a_composite_key_comes_from_the_mirror(
         r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
     ]
     assert [r["tags"] for r in posts] == [["x" * 100] * 60]
+
+
+def test_a_replica_identity_index_other_than_the_key_is_refused_for_a_mirror(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Under REPLICA IDENTITY USING INDEX a delete names its row by the index's columns only: the
+    mirror, merged by primary key, used to keep deleted rows and the old key of a moved row."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE t (id int PRIMARY KEY, u int NOT NULL, v text)",
+        "CREATE UNIQUE INDEX t_u ON t (u)",
+        "CREATE TABLE k (id int PRIMARY KEY, v text)",
+        "ALTER TABLE k REPLICA IDENTITY USING INDEX k_pkey",  # the key itself: as DEFAULT
+        "INSERT INTO t VALUES (1, 10, 'a'), (2, 20, 'b')",
+        "INSERT INTO k VALUES (1, 'a'), (2, 'b')",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t", "public.k"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "DELETE FROM k WHERE id = 1",
+        "ALTER TABLE t REPLICA IDENTITY USING INDEX t_u",
+        "DELETE FROM t WHERE id = 1",
+    )
+    with pytest.raises(SpecError, match=r"public\.t has REPLICA IDENTITY USING INDEX on \(u\)"):
+        sync_lakehouse(sync, pg_dsn)
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("t"))] == [1, 2]  # nothing half-landed
+    execute(pg_dsn, "ALTER TABLE t REPLICA IDENTITY DEFAULT")
+    sync_lakehouse(sync, pg_dsn, full_refresh=True)
+    assert delta_rows(sync.mirror_uri("t")) == pg_rows(pg_dsn, "t")
+    assert delta_rows(sync.mirror_uri("k")) == pg_rows(pg_dsn, "k")
