@@ -725,3 +725,30 @@ def test_a_replica_identity_index_other_than_the_key_is_refused_for_a_mirror(
     sync_lakehouse(sync, pg_dsn, full_refresh=True)
     assert delta_rows(sync.mirror_uri("t")) == pg_rows(pg_dsn, "t")
     assert delta_rows(sync.mirror_uri("k")) == pg_rows(pg_dsn, "k")
+
+
+def test_a_type_changed_between_drains_names_the_table_and_the_exact_command(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A type change a later session meets in Delta's schema used to say `reverse-etl sync NAME`
+    and name the Delta location only, not the Postgres table."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE t (id int PRIMARY KEY, n int)",
+        "CREATE TABLE ok (id int PRIMARY KEY)",
+        "INSERT INTO t VALUES (1, 1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t", "public.ok"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE t ALTER COLUMN n TYPE bigint",
+        "INSERT INTO t VALUES (2, 5000000000)",
+        "INSERT INTO ok VALUES (1)",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    message = result.failed_tables["public.t"]
+    assert "public.t" in message and "'n'" in message and "int32" in message, message
+    assert "int64" in message and "`reverse-etl sync app --full-refresh`" in message, message
+    assert "NAME" not in message
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("ok"))] == [1]

@@ -203,8 +203,18 @@ class ChangeStream:
             if label in self.failed:
                 continue
             try:
-                landed = self._land(schema, table, changes)
-            except (TableFailed, writer.SchemaConflictError) as exc:
+                try:
+                    landed = self._land(schema, table, changes)
+                except writer.SchemaConflictError as exc:
+                    # The writer knows the Delta table only: name the sync, the Postgres table
+                    # and the exact command.
+                    hint = f"`reverse-etl sync {self.sync.name} --full-refresh`"
+                    detail = str(exc).replace(writer.FULL_REFRESH_HINT, f"run {hint}")
+                    raise TableFailed(
+                        f"lakehouse sync {self.sync.name!r}: {label}: {detail}; this table stops "
+                        "here (the others go on)"
+                    ) from exc
+            except TableFailed as exc:
                 result.failed[label] = str(exc)
                 self.failed[label] = str(exc)
                 log.error("%s: %s: %s", self.sync.name, label, exc)
