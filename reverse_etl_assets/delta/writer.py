@@ -220,11 +220,14 @@ def lookup_rows(
             # It joins the key columns and row numbers only: Arrow's joins refuse list columns
             # (a Postgres array) among the other fields.
             unique = keys.group_by(list(key_columns)).aggregate([])
+            row = "__row"
+            while row in key_columns:  # a name no key column has
+                row += "_"
             numbered = found.select(list(key_columns)).append_column(
-                "__row", pa.array(range(found.num_rows), pa.int64())
+                row, pa.array(range(found.num_rows), pa.int64())
             )
             matched = numbered.join(unique, keys=list(key_columns), join_type="left semi")
-            found = found.take(matched.column("__row"))
+            found = found.take(matched.column(row))
         return found.select(present)
 
 
