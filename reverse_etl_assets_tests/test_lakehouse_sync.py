@@ -752,3 +752,28 @@ def test_a_type_changed_between_drains_names_the_table_and_the_exact_command(
     assert "int64" in message and "`reverse-etl sync app --full-refresh`" in message, message
     assert "NAME" not in message
     assert [r["id"] for r in delta_rows(sync.mirror_uri("ok"))] == [1]
+
+
+def test_a_type_narrowed_within_a_session_goes_on_like_one_met_between_sessions(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """bigint to int needs no widening: a later session wrote such values into the bigint column,
+    but one that saw the change in its stream stopped the table, saying Delta cannot widen it."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE t (id int PRIMARY KEY, n bigint, d numeric(12,2))",
+        "INSERT INTO t VALUES (1, 1, 1.5)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "INSERT INTO t VALUES (2, 2, 2.5)",
+        "ALTER TABLE t ALTER COLUMN n TYPE int, ALTER COLUMN d TYPE numeric(10,2)",
+        "INSERT INTO t VALUES (3, 3, 3.5)",
+        "UPDATE t SET n = -n",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    assert result.failed_tables == {}
+    assert delta_rows(sync.mirror_uri("t")) == pg_rows(pg_dsn, "t")
+    assert sorted(r["n"] for r in history(sync.history_uri("t"))[-3:]) == [-3, -2, -1]

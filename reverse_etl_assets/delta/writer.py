@@ -280,7 +280,7 @@ def check_schema(uri: str, table: pa.Schema, data: pa.Schema) -> None:
         if field.name not in table.names:
             continue
         old = table.field(field.name).type
-        if not _fits(field.type, old):
+        if not fits(field.type, old):
             raise SchemaConflictError(
                 f"Delta table {uri}: column {field.name!r} is {old} in Delta but {field.type} "
                 f"in the data, and Delta cannot widen it; {FULL_REFRESH_HINT}"
@@ -351,7 +351,7 @@ def _pad_dropped_columns(rows: pa.Table, target: pa.Schema) -> pa.Table:
     return rows
 
 
-def _fits(new: pa.DataType, old: pa.DataType) -> bool:
+def fits(new: pa.DataType, old: pa.DataType) -> bool:
     """Whether values of type `new` go into a Delta column of type `old` without loss."""
     new, old = _canonical(new), _canonical(old)
     if new == old or pa.types.is_null(new):

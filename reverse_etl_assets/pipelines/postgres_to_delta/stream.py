@@ -282,7 +282,9 @@ class ChangeStream:
         for column in relation.columns:
             old = before.get(column.name)
             new = arrow_type(column)
-            if old is not None and old != new:
+            # A narrower type (bigint to int) still lands in the Delta column as it is, as when a
+            # later session meets the change in Delta's schema; only a wider or other one stops.
+            if old is not None and not writer.fits(new, old):
                 message = (
                     f"lakehouse sync {self.sync.name!r}: column {column.name!r} of {label} changed "
                     f"type ({old} to {new}) and Delta cannot widen it; this table stops here (the "
