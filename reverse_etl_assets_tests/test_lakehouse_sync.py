@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -12,7 +13,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.delta.reader import open_source, read_rows_with_keys
+from reverse_etl_assets.errors import DataError, SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.postgres_to_delta.run import SlotLost, sync_lakehouse
 from reverse_etl_assets.pipelines.postgres_to_delta.stream import ChangeStream
@@ -495,3 +497,274 @@ def test_an_unchanged_toast_value_the_batch_lacks_comes_from_the_mirror(
         r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
     ]
     assert {r["id"]: r["body"] for r in posts} == bodies
+
+
+@pytest.mark.parametrize(
+    ("key_type", "key_a", "key_b"),
+    [
+        ("text", "'a,\"b'", "'ü😀'"),
+        ("uuid", f"'{'0' * 32}'", f"'{'f' * 32}'"),
+        ("bytea", "'\\x00ff'", "'\\x'"),
+    ],
+)
+def test_an_unchanged_toast_value_under_a_key_of_another_type_comes_from_the_mirror(
+    pg_dsn: str, tmp_path: Path, key_type: str, key_a: str, key_b: str
+) -> None:
+    """Looking the mirror up by a text key used to fail in Arrow (string against the dataset's
+    string_view), so an update that left a TOASTed value unchanged stopped the sync."""
+    execute(
+        pg_dsn,
+        f"CREATE TABLE docs (id {key_type} PRIMARY KEY, title text, body text)",
+        "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",
+        f"INSERT INTO docs VALUES ({key_a}, 't', repeat('x', 5000)), "
+        f"({key_b}, 't', repeat('y', 5000))",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.docs"])
+    sync_lakehouse(sync, pg_dsn)
+    for title in ("kept", "kept again"):  # the second lookup reads a file the MERGE wrote
+        execute(pg_dsn, f"UPDATE docs SET title = '{title}' WHERE id = {key_a}")
+        result = sync_lakehouse(sync, pg_dsn)
+        assert result.failed_tables == {}
+    landed = [{**r, "id": str(r["id"])} for r in delta_rows(sync.mirror_uri("docs"))]
+    assert landed == [{**r, "id": str(r["id"])} for r in pg_rows(pg_dsn, "docs")]
+    posts = [
+        r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
+    ]
+    assert [r["body"] for r in posts] == ["x" * 5000] * 2
+    # A synced table reading the mirror looks rows up by key the same way (timeseries tables).
+    mirror = open_source(sync.mirror_uri("docs"), storage_options={})
+    kept = next(r["id"] for r in pg_rows(pg_dsn, "docs") if r["title"] == "kept again")
+    wanted = pa.table({"id": [str(kept) if key_type == "uuid" else kept]}).cast(
+        pa.schema([mirror.schema.field("id")])
+    )
+    found = pa.Table.from_batches(list(read_rows_with_keys(mirror, wanted)), mirror.schema)
+    assert found.column("title").to_pylist() == ["kept again"]
+
+
+def test_older_rows_read_an_added_default_in_the_text_forms_the_stream_uses(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """The value older rows read for a column added with a DEFAULT (attmissingval) used to be
+    printed under the database's own settings, not the pinned ones of the stream: another
+    IntervalStyle, a rounded float, escaped bytea, a local-time offset reached the casts."""
+    database = pg_dsn.rsplit("/", 1)[1]  # the fixture gives a URI ending in the database
+    execute(
+        pg_dsn,
+        *(
+            f"ALTER DATABASE {database} SET {setting}"
+            for setting in (
+                "intervalstyle = 'iso_8601'",
+                "extra_float_digits = 0",
+                "bytea_output = 'escape'",
+                "timezone = 'Europe/Amsterdam'",
+            )
+        ),
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE t ADD COLUMN iv interval DEFAULT '1 day 2 hours', "
+        "ADD COLUMN f float8 DEFAULT 0.12345678901234568, ADD COLUMN b bytea DEFAULT '\\x00ff', "
+        "ADD COLUMN at timestamptz DEFAULT '1900-01-01 00:00:00+00'",
+        "INSERT INTO t VALUES (2)",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    assert result.failed_tables == {}
+    older, newer = delta_rows(sync.mirror_uri("t"))
+    assert newer == {
+        "id": 2,
+        "iv": "1 day 02:00:00",
+        "f": 0.12345678901234568,
+        "b": b"\x00\xff",
+        "at": datetime(1900, 1, 1, tzinfo=UTC),
+    }
+    assert older == {**newer, "id": 1}
+
+
+def test_an_added_default_delta_cannot_hold_fails_its_table_with_column_and_fix(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Older rows read the default of an added column: one Delta cannot hold stops the table
+    clearly (it used to escape as a traceback that stopped every table)."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE e (id int PRIMARY KEY)",
+        "CREATE TABLE ok (id int PRIMARY KEY)",
+        "INSERT INTO e VALUES (1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.e", "public.ok"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE e ADD COLUMN day date DEFAULT 'infinity'",
+        "INSERT INTO e VALUES (2, '2020-01-01')",
+        "INSERT INTO ok VALUES (1)",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    message = result.failed_tables["public.e"]
+    assert "day" in message and "infinity" in message and "--full-refresh" in message
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("e"))] == [1]
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("ok"))] == [1]
+
+
+def test_a_generated_column_stays_out_of_delta_like_out_of_the_stream(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """PostgreSQL (before 18) does not publish generated columns: the snapshot used to copy one,
+    and every change after it set the mirror's value to NULL, a value Postgres never held."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE g (id int PRIMARY KEY, v int, twice int GENERATED ALWAYS AS (v * 2) STORED)",
+        "INSERT INTO g (id, v) VALUES (1, 1), (2, 2)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.g"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "UPDATE g SET v = 10 WHERE id = 1", "INSERT INTO g (id, v) VALUES (3, 3)")
+    sync_lakehouse(sync, pg_dsn)
+    expected = [{"id": r["id"], "v": r["v"]} for r in pg_rows(pg_dsn, "g")]
+    assert delta_rows(sync.mirror_uri("g")) == expected
+    assert {r["_pg_change_type"] for r in history(sync.history_uri("g"))} >= {"insert"}
+    assert "twice" not in DeltaTable(sync.history_uri("g")).schema().to_arrow().names
+
+
+@pytest.mark.parametrize(
+    ("column_type", "value", "named"),
+    [
+        ("date", "0044-03-15 BC", "'0044-03-15 BC'"),
+        ("numeric(10,2)[]", "{NaN}", "'NaN'"),  # an array names its element
+        ("int[]", "{{1,2},{3,4}}", "'{{1,2},{3,4}}'"),
+    ],
+)
+def test_a_value_delta_cannot_hold_in_the_snapshot_names_table_column_and_value(
+    pg_dsn: str, tmp_path: Path, column_type: str, value: str, named: str
+) -> None:
+    """The snapshot's error used to name the column and the value but not the table."""
+    execute(
+        pg_dsn,
+        f"CREATE TABLE e (id int PRIMARY KEY, bad {column_type})",
+        "CREATE TABLE ok (id int PRIMARY KEY)",
+        f"INSERT INTO e VALUES (1, '{value}')",
+        "INSERT INTO ok VALUES (1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.ok", "public.e"])
+    with pytest.raises(DataError) as raised:
+        sync_lakehouse(sync, pg_dsn)
+    message = str(raised.value)
+    assert "public.e" in message and "column bad" in message and named in message
+    assert "change or remove the value" in message
+    execute(pg_dsn, "UPDATE e SET bad = NULL")
+    assert sync_lakehouse(sync, pg_dsn).path == "snapshot"
+    assert delta_rows(sync.mirror_uri("e")) == [{"id": 1, "bad": None}]
+
+
+def test_an_unchanged_toasted_array_under_a_composite_key_comes_from_the_mirror(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Filling an unchanged TOAST value from the mirror under a composite key joined the mirror's
+    rows in Arrow, which refuses list columns: a TOASTed array stopped the sync."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE docs (a int, b text, title text, tags text[], PRIMARY KEY (a, b))",
+        "ALTER TABLE docs ALTER COLUMN tags SET STORAGE EXTERNAL",
+        "INSERT INTO docs SELECT g, 'k', 't', array_fill(repeat('x', 100), ARRAY[60]) "
+        "FROM generate_series(1, 2) g",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.docs"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(pg_dsn, "UPDATE docs SET title = 'kept' WHERE a = 1")
+    result = sync_lakehouse(sync, pg_dsn)
+    assert result.failed_tables == {}
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT a, b, title, tags FROM docs ORDER BY a").fetchall()
+    landed = delta_rows(sync.mirror_uri("docs"), key="a")
+    assert [(r["a"], r["b"], r["title"], r["tags"]) for r in landed] == rows
+    posts = [
+        r for r in history(sync.history_uri("docs")) if r["_pg_change_type"] == "update_postimage"
+    ]
+    assert [r["tags"] for r in posts] == [["x" * 100] * 60]
+
+
+def test_a_replica_identity_index_other_than_the_key_is_refused_for_a_mirror(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Under REPLICA IDENTITY USING INDEX a delete names its row by the index's columns only: the
+    mirror, merged by primary key, used to keep deleted rows and the old key of a moved row."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE t (id int PRIMARY KEY, u int NOT NULL, v text)",
+        "CREATE UNIQUE INDEX t_u ON t (u)",
+        "CREATE TABLE k (id int PRIMARY KEY, v text)",
+        "ALTER TABLE k REPLICA IDENTITY USING INDEX k_pkey",  # the key itself: as DEFAULT
+        "INSERT INTO t VALUES (1, 10, 'a'), (2, 20, 'b')",
+        "INSERT INTO k VALUES (1, 'a'), (2, 'b')",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t", "public.k"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "DELETE FROM k WHERE id = 1",
+        "ALTER TABLE t REPLICA IDENTITY USING INDEX t_u",
+        "DELETE FROM t WHERE id = 1",
+    )
+    with pytest.raises(SpecError, match=r"public\.t has REPLICA IDENTITY USING INDEX on \(u\)"):
+        sync_lakehouse(sync, pg_dsn)
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("t"))] == [1, 2]  # nothing half-landed
+    execute(pg_dsn, "ALTER TABLE t REPLICA IDENTITY DEFAULT")
+    sync_lakehouse(sync, pg_dsn, full_refresh=True)
+    assert delta_rows(sync.mirror_uri("t")) == pg_rows(pg_dsn, "t")
+    assert delta_rows(sync.mirror_uri("k")) == pg_rows(pg_dsn, "k")
+
+
+def test_a_type_changed_between_drains_names_the_table_and_the_exact_command(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A type change a later session meets in Delta's schema used to say `reverse-etl sync NAME`
+    and name the Delta location only, not the Postgres table."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE t (id int PRIMARY KEY, n int)",
+        "CREATE TABLE ok (id int PRIMARY KEY)",
+        "INSERT INTO t VALUES (1, 1)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t", "public.ok"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "ALTER TABLE t ALTER COLUMN n TYPE bigint",
+        "INSERT INTO t VALUES (2, 5000000000)",
+        "INSERT INTO ok VALUES (1)",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    message = result.failed_tables["public.t"]
+    assert "public.t" in message and "'n'" in message and "int32" in message, message
+    assert "int64" in message and "`reverse-etl sync app --full-refresh`" in message, message
+    assert "NAME" not in message
+    assert [r["id"] for r in delta_rows(sync.mirror_uri("ok"))] == [1]
+
+
+def test_a_type_narrowed_within_a_session_goes_on_like_one_met_between_sessions(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """bigint to int needs no widening: a later session wrote such values into the bigint column,
+    but one that saw the change in its stream stopped the table, saying Delta cannot widen it."""
+    execute(
+        pg_dsn,
+        "CREATE TABLE t (id int PRIMARY KEY, n bigint, d numeric(12,2))",
+        "INSERT INTO t VALUES (1, 1, 1.5)",
+    )
+    sync = lakehouse_sync(tmp_path, tables=["public.t"])
+    sync_lakehouse(sync, pg_dsn)
+    execute(
+        pg_dsn,
+        "INSERT INTO t VALUES (2, 2, 2.5)",
+        "ALTER TABLE t ALTER COLUMN n TYPE int, ALTER COLUMN d TYPE numeric(10,2)",
+        "INSERT INTO t VALUES (3, 3, 3.5)",
+        "UPDATE t SET n = -n",
+    )
+    result = sync_lakehouse(sync, pg_dsn)
+    assert result.failed_tables == {}
+    assert delta_rows(sync.mirror_uri("t")) == pg_rows(pg_dsn, "t")
+    assert sorted(r["n"] for r in history(sync.history_uri("t"))[-3:]) == [-3, -2, -1]

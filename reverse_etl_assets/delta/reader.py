@@ -5,6 +5,8 @@ Everything delta-rs specific on the read side of a snapshot lives here.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,15 +153,24 @@ def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> Iterator[pa
     read: a key may hold any number of rows. Files whose statistics exclude the values are
     skipped; the rest are scanned. A read failure, raised while iterating, is a SourceError."""
     dataset: pads.Dataset = snapshot.table.to_pyarrow_dataset()
-    condition: pads.Expression | None = None
-    for name in keys.column_names:
-        wanted = pc.unique(keys.column(name).combine_chunks())
-        field_type = dataset.schema.field(name).type
-        test = pc.field(name).isin(wanted.cast(field_type))
-        condition = test if condition is None else condition & test
+
+    def condition(cast: bool) -> pads.Expression:
+        tests = []
+        for name in keys.column_names:
+            wanted = pc.unique(keys.column(name).combine_chunks())
+            field_type = dataset.schema.field(name).type
+            column = pc.field(name).cast(field_type) if cast else pc.field(name)
+            tests.append(column.isin(wanted.cast(field_type)))
+        return functools.reduce(operator.and_, tests)
+
     try:
+        # A file a delta-rs MERGE wrote stores strings as views (`string_view`), whose
+        # statistics Arrow cannot compare with `string` values: then the key columns are cast to
+        # the table's types, which every file evaluates (without pruning by statistics). Decided
+        # before the first row, since the rows go out as they are read.
+        cast = _stores_views(dataset, keys.column_names)
         for batch in dataset.to_batches(
-            filter=condition, columns=snapshot.schema.names, batch_size=BATCH_ROWS
+            filter=condition(cast), columns=snapshot.schema.names, batch_size=BATCH_ROWS
         ):
             if batch.num_rows:
                 yield _conform(batch, snapshot.schema, {})
@@ -168,6 +179,19 @@ def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> Iterator[pa
             f"reading Delta table {snapshot.uri} at version {snapshot.version} failed: {exc}. "
             "If its files were vacuumed or rewritten, sync again to read the latest version"
         ) from exc
+
+
+def _stores_views(dataset: pads.Dataset, names: list[str]) -> bool:
+    """Whether a file of the dataset stores one of the `names` columns as an Arrow view type."""
+    for fragment in dataset.get_fragments():
+        schema = fragment.physical_schema
+        for name in names:
+            index = schema.get_field_index(name)
+            if index >= 0:
+                kind = schema.field(index).type
+                if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+                    return True
+    return False
 
 
 def _conform(

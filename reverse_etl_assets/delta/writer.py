@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
@@ -248,12 +249,38 @@ def lookup_rows(
         key_schema = pa.schema([dataset.schema.field(k) for k in key_columns])
         keys = keys.cast(key_schema)
         values = pc.unique(keys.column(first).combine_chunks())
-        found = dataset.to_table(columns=present, filter=pc.field(first).isin(values))
+        found = scan_isin(dataset, present, first, values)
         if len(key_columns) > 1:
-            # isin on the first key column prunes files; the join keeps exact composite keys
+            # isin on the first key column prunes files; a semi join keeps exact composite keys.
+            # It joins the key columns and row numbers only: Arrow's joins refuse list columns
+            # (a Postgres array) among the other fields.
             unique = keys.group_by(list(key_columns)).aggregate([])
-            found = found.join(unique, keys=list(key_columns), join_type="inner")
+            row = "__row"
+            while row in key_columns:  # a name no key column has
+                row += "_"
+            numbered = found.select(list(key_columns)).append_column(
+                row, pa.array(range(found.num_rows), pa.int64())
+            )
+            matched = numbered.join(unique, keys=list(key_columns), join_type="left semi")
+            found = found.take(matched.column(row))
         return found.select(present)
+
+
+def scan_isin(
+    dataset: pads.Dataset, columns: Sequence[str], name: str, values: pa.Array
+) -> pa.Table:
+    """`columns` of the rows whose `name` is in `values`, files pruned by their statistics.
+
+    A file a delta-rs MERGE wrote stores strings and binaries as Arrow views (`string_view`),
+    while the dataset's schema and so `values` say `string`: Arrow then cannot compare the
+    file's statistics with the values ("no kernel matching input types (string, string_view)").
+    Such a scan is retried with the column cast to the dataset's type, which every file can
+    evaluate (without pruning by statistics)."""
+    try:
+        return dataset.to_table(columns=list(columns), filter=pc.field(name).isin(values))
+    except pa.ArrowNotImplementedError:
+        cast = pc.field(name).cast(dataset.schema.field(name).type)
+        return dataset.to_table(columns=list(columns), filter=cast.isin(values))
 
 
 def check_schema(uri: str, table: pa.Schema, data: pa.Schema) -> None:
@@ -262,7 +289,7 @@ def check_schema(uri: str, table: pa.Schema, data: pa.Schema) -> None:
         if field.name not in table.names:
             continue
         old = table.field(field.name).type
-        if not _fits(field.type, old):
+        if not fits(field.type, old):
             raise SchemaConflictError(
                 f"Delta table {uri}: column {field.name!r} is {old} in Delta but {field.type} "
                 f"in the data, and Delta cannot widen it; {FULL_REFRESH_HINT}"
@@ -334,7 +361,7 @@ def _pad_dropped_columns(rows: pa.Table, target: pa.Schema) -> pa.Table:
     return rows
 
 
-def _fits(new: pa.DataType, old: pa.DataType) -> bool:
+def fits(new: pa.DataType, old: pa.DataType) -> bool:
     """Whether values of type `new` go into a Delta column of type `old` without loss."""
     new, old = _canonical(new), _canonical(old)
     if new == old or pa.types.is_null(new):

@@ -29,14 +29,21 @@ def parse_dsn(dsn: str, *, where: str = "REVERSE_ETL_PG_DSN") -> dict[str, str]:
         ) from None
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
+def connect(
+    dsn: str, *, autocommit: bool = False, options: str | None = None
+) -> psycopg.Connection:
     """A new connection; a refused or unreachable server is translated by the error policy
     (unreachable: transient; a missing role or database, a wrong password: terminal).
 
     An `application_name` in the DSN is kept: the follower names its sessions with it.
+    `options` (`-c name=value …`) pins settings for the session.
     """
     name = parse_dsn(dsn).get("application_name") or APPLICATION_NAME
     try:
+        if options is not None:
+            return psycopg.connect(
+                dsn, autocommit=autocommit, application_name=name, options=options
+            )
         return psycopg.connect(dsn, autocommit=autocommit, application_name=name)
     except psycopg.Error as exc:
         translated = translate(exc) or ReverseEtlError(str(exc))

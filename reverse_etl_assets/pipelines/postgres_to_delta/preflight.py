@@ -50,6 +50,16 @@ def check_lakehouse(
                 f"TABLE {label} REPLICA IDENTITY FULL (it then gets a history only), or leave its "
                 "schema out and list the other tables under `tables`"
             )
+        identity = {c.name for c in info.columns if c.is_key}
+        if sync.mirror and info.replica_identity == "i" and identity != set(info.primary_key):
+            # A delete (or a key change) then names its row by the index's columns only, and the
+            # mirror, merged by primary key, could not find the row: it would stay.
+            raise SpecError(
+                f"lakehouse sync {sync.name!r}: {label} has REPLICA IDENTITY USING INDEX on "
+                f"({', '.join(sorted(identity))}), not its primary key, so its deletes and key "
+                "changes would not name the mirror's rows. Run ALTER TABLE "
+                f"{label} REPLICA IDENTITY DEFAULT (or FULL), or set `mirror: false`"
+            )
         if not sync.mirror or info.primary_key:
             continue
         warnings.append(

@@ -32,6 +32,7 @@ from reverse_etl_assets.postgres.replication.messages import (
     Truncate,
     Update,
 )
+from reverse_etl_assets.postgres.replication.session import SESSION_OPTIONS
 from reverse_etl_assets.postgres.replication.stream import ReplicationStream
 from reverse_etl_assets.schema.postgres_to_delta import arrow_type, cast_column
 from reverse_etl_assets.spec import LakehouseSync
@@ -104,7 +105,9 @@ class ChangeStream:
         self.dsn = dsn
         self.failed = dict(failed_tables)
         self.new_failures: dict[str, str] = {}
-        self.catalog = connect(dsn, autocommit=True)
+        # Pinned text forms: it reads the values older rows hold for an added column
+        # (`older_row_values`), which must print as the stream's own values do.
+        self.catalog = connect(dsn, autocommit=True, options=SESSION_OPTIONS)
         try:
             self.stream = ReplicationStream(
                 dsn, slot=sync.slot, publication=sync.publication, application_name=application_name
@@ -200,8 +203,18 @@ class ChangeStream:
             if label in self.failed:
                 continue
             try:
-                landed = self._land(schema, table, changes)
-            except (TableFailed, writer.SchemaConflictError) as exc:
+                try:
+                    landed = self._land(schema, table, changes)
+                except writer.SchemaConflictError as exc:
+                    # The writer knows the Delta table only: name the sync, the Postgres table
+                    # and the exact command.
+                    hint = f"`reverse-etl sync {self.sync.name} --full-refresh`"
+                    detail = str(exc).replace(writer.FULL_REFRESH_HINT, f"run {hint}")
+                    raise TableFailed(
+                        f"lakehouse sync {self.sync.name!r}: {label}: {detail}; this table stops "
+                        "here (the others go on)"
+                    ) from exc
+            except TableFailed as exc:
                 result.failed[label] = str(exc)
                 self.failed[label] = str(exc)
                 log.error("%s: %s: %s", self.sync.name, label, exc)
@@ -269,7 +282,9 @@ class ChangeStream:
         for column in relation.columns:
             old = before.get(column.name)
             new = arrow_type(column)
-            if old is not None and old != new:
+            # A narrower type (bigint to int) still lands in the Delta column as it is, as when a
+            # later session meets the change in Delta's schema; only a wider or other one stops.
+            if old is not None and not writer.fits(new, old):
                 message = (
                     f"lakehouse sync {self.sync.name!r}: column {column.name!r} of {label} changed "
                     f"type ({old} to {new}) and Delta cannot widen it; this table stops here (the "
@@ -394,9 +409,17 @@ class ChangeStream:
         older = slots.older_row_values(self.catalog, schema, table, new) if new else {}
         positions = {c: changes.first_with(c) for c in older}
         since = {c: p for c, p in positions.items() if p is not None}
-        values = {
-            c: cast_column(_column(changes, c), pa.array([older[c]], pa.binary()))[0] for c in since
-        }
+        try:
+            values = {
+                c: cast_column(_column(changes, c), pa.array([older[c]], pa.binary()))[0]
+                for c in since
+            }
+        except ReverseEtlError as exc:  # a DEFAULT Delta cannot hold, which older rows read
+            raise TableFailed(
+                f"lakehouse sync {self.sync.name!r}: {schema}.{table}: rows older than an added "
+                f"column read its DEFAULT: {exc}. Fix the value in Postgres or change the "
+                f"column's type, then run `reverse-etl sync {self.sync.name} --full-refresh`"
+            ) from exc
         if not values:
             return mirror_changes(rows, keys)
         merged = mirror_changes(

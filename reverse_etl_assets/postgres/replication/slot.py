@@ -288,7 +288,10 @@ def server_warnings(conn: psycopg.Connection) -> list[str]:
 
 
 def table_columns(conn: psycopg.Connection, schema: str, table: str) -> TableInfo | None:
-    """The table's live columns in order, with key flags, or None when it does not exist."""
+    """The table's live columns in order, with key flags, or None when it does not exist.
+
+    Like pgoutput (before PostgreSQL 18), without generated columns: the stream never carries
+    their values, so a snapshot that copied them would leave values no later change updates."""
     head = conn.execute(
         """
         SELECT c.oid, c.relreplident::text,
@@ -311,7 +314,8 @@ def table_columns(conn: psycopg.Connection, schema: str, table: str) -> TableInf
     keys = set(identity_index if replica_identity == "i" else primary_key)
     rows = conn.execute(
         "SELECT attname::text, atttypid::int8, atttypmod FROM pg_attribute"
-        " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
+        " ORDER BY attnum",
         [oid],
     ).fetchall()
     columns = tuple(

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from reverse_etl_assets.errors import TransientError
+from reverse_etl_assets.errors import DataError, TransientError
 from reverse_etl_assets.postgres.replication.messages import RelationColumn
 from reverse_etl_assets.postgres.replication.problems import first_line
 from reverse_etl_assets.postgres.replication.session import connect_session
@@ -86,9 +86,13 @@ def copy_batches(
             if reader is None:
                 return
             for batch in reader:
-                arrays = [
-                    cast_column(column, batch.column(index)) for index, column in enumerate(columns)
-                ]
+                try:
+                    arrays = [
+                        cast_column(column, batch.column(index))
+                        for index, column in enumerate(columns)
+                    ]
+                except DataError as exc:  # the casts name the column and the value
+                    raise DataError(f"table {schema}.{table}: {exc}") from exc
                 yield pa.RecordBatch.from_arrays(arrays, schema=typed)
     except psycopg.OperationalError as exc:
         raise TransientError(
