@@ -469,3 +469,22 @@ def test_unicode_line_separators_in_values_do_not_break_the_delta_log(
     assert sync_table(table, pg_dsn).path == "incremental"
     _, got = postgres_rows(pg_dsn, SCHEMA, TABLE)
     assert sorted(got) == [(i, f"a{separator}{i}") for i in range(4)]
+
+
+def test_a_field_added_to_a_struct_reshapes_every_rows_json(tmp_path: Path, pg_dsn: str) -> None:
+    # A STRUCT is a JSON object with every field (README "Types"): once the source's struct
+    # gains a field, the rows an increment does not touch must show it too (as null).
+    def rows(ids: list[int], fields: list[str]) -> pa.Table:
+        struct = pa.struct([(f, pa.int64()) for f in fields])
+        values = [{f: i for f in fields} for i in ids]
+        return pa.table({"id": pa.array(ids, pa.int64()), "s": pa.array(values, struct)})
+
+    write(tmp_path / "src", rows([1], ["a"]), configuration={"delta.enableChangeDataFeed": "true"})
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"], mode="triggered")
+    sync_table(table, pg_dsn)
+    write(tmp_path / "src", rows([2], ["a", "b"]), mode="append", schema_mode="merge")
+    result = sync_table(table, pg_dsn)
+    _, got = postgres_rows(pg_dsn, SCHEMA, TABLE)
+    assert sorted(got) == [(1, {"a": 1, "b": None}), (2, {"a": 2, "b": 2})]
+    assert "column 's'" in result.reason
+    assert verify_table(table, pg_dsn).content_matches

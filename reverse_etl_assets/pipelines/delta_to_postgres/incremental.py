@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from reverse_etl_assets.delta.change_feed import stream_changes
@@ -21,7 +22,7 @@ from reverse_etl_assets.delta.reader import (
     open_source,
     read_rows_with_keys,
 )
-from reverse_etl_assets.errors import DataError
+from reverse_etl_assets.errors import DataError, SourceError
 from reverse_etl_assets.pipelines.delta_to_postgres import cost, states
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot
@@ -130,6 +131,33 @@ def check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> li
                 f"the Change Data Feed was turned off at version {commit.version}"
             )
     return commits
+
+
+def nested_type_change(
+    table: SyncedTable, source: SourceSnapshot, commits: list[Commit], *, last: int
+) -> str | None:
+    """Why the range after checkpoint `last` must be swapped in whole, when the nested type of
+    an array/map/struct column changed in it (a struct gained a field...), else None.
+
+    The column stays jsonb, so `check_schema` lets it pass, but its JSON shape changes for every
+    row, also the rows no version of the range touches: only a snapshot rewrites those. The
+    schema at `last` is read only when a commit of the range changed the table's metadata."""
+    if all(commit.metadata is None for commit in commits):
+        return None
+    try:
+        before = open_source(source.uri, storage_options=table.storage_options, version=last)
+    except SourceError as exc:
+        return f"the schema of version {last} cannot be read to compare column types ({exc})"
+    for field in source.schema:
+        if not pa.types.is_nested(field.type) or field.name not in before.schema.names:
+            continue
+        old = before.schema.field(field.name).type
+        if old != field.type:
+            return (
+                f"column {field.name!r} changed its nested type from {old} to {field.type}, "
+                "which changes the JSON of every row"
+            )
+    return None
 
 
 class _SnapshotCheaper(Exception):
