@@ -7,6 +7,7 @@ The campaign itself (generators, the documented mapping) is in `types_campaign`.
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ import pytest
 from deltalake import DeltaTable, Field
 from psycopg import sql
 
+from reverse_etl_assets.errors import SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 from reverse_etl_assets.postgres.protection import allow_pipeline_writes
@@ -36,6 +38,7 @@ from reverse_etl_assets_tests.types_campaign import (
 )
 
 SCHEMA, TABLE = "gold", "items_synced"
+CDF = {"delta.enableChangeDataFeed": "true"}
 
 # Partition columns: a type and the few values its rows take (partition values are paths).
 PARTITIONS: dict[str, tuple[pa.DataType, list[Any]]] = {
@@ -487,4 +490,46 @@ def test_a_field_added_to_a_struct_reshapes_every_rows_json(tmp_path: Path, pg_d
     _, got = postgres_rows(pg_dsn, SCHEMA, TABLE)
     assert sorted(got) == [(1, {"a": 1, "b": None}), (2, {"a": 2, "b": 2})]
     assert "column 's'" in result.reason
+    assert verify_table(table, pg_dsn).content_matches
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pa.array([True, False, False, True]),
+        pa.array([b"\x01", b"\x02", b"\x02", b"\x01"]),
+        pa.array([{"a": 1}, {"a": 2}, {"a": 2}, {"a": 1}]),
+    ],
+    ids=["boolean", "binary", "struct"],
+)
+def test_a_timeseries_key_that_has_no_latest_is_refused_by_name(
+    tmp_path: Path, pg_dsn: str, values: pa.Array
+) -> None:
+    # Postgres has no max() of boolean, bytea or jsonb: the first increment failed with a raw
+    # "function max(boolean) does not exist" after a snapshot had landed.
+    ids = pa.array([1, 1, 2, 2], pa.int64())
+    write(tmp_path / "src", pa.table({"id": ids, "t": values}), configuration=CDF)
+    table = one_table(
+        tmp_path, source=str(tmp_path / "src"), primary_key=["id"], timeseries_key="t"
+    )
+    with pytest.raises(SpecError, match=r"'lakebase.gold.items_synced': `timeseries_key` 't' is"):
+        sync_table(table, pg_dsn)
+
+
+def test_verify_takes_a_nan_timeseries_key_as_the_latest_as_the_sync_does(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    # Postgres orders NaN above every number, so the sync keeps a key's NaN row; verify's own
+    # pick of the latest row per key must agree (it ignored NaN, and reported a difference).
+    ids = pa.array([1, 1, 2, 2, 3], pa.int64())
+    times = pa.array([math.nan, 5.0, None, 1.0, math.nan])
+    write(
+        tmp_path / "src", pa.table({"id": ids, "t": times, "v": list("abcde")}), configuration=CDF
+    )
+    table = one_table(
+        tmp_path, source=str(tmp_path / "src"), primary_key=["id"], timeseries_key="t"
+    )
+    sync_table(table, pg_dsn)
+    _, got = postgres_rows(pg_dsn, SCHEMA, TABLE)
+    assert sorted(r[2] for r in got) == ["a", "d", "e"]
     assert verify_table(table, pg_dsn).content_matches

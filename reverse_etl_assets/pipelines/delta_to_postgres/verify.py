@@ -325,8 +325,9 @@ def _hashes_frame(
 
 def _keep_latest(frame: pl.DataFrame) -> pl.DataFrame:
     """The rows holding each key's greatest timestamp (NULL only when all are; ties all stay),
-    as the sync's `keep_latest` leaves them."""
-    latest = pl.col("t").max().over("k")
+    as the sync's `keep_latest` leaves them: a float NaN is greatest, as Postgres orders it."""
+    t = pl.col("t")
+    latest = (t.nan_max() if frame.schema["t"].is_float() else t.max()).over("k")
     return frame.filter((pl.col("t") == latest) | latest.is_null())
 
 
