@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -533,3 +535,44 @@ def test_verify_takes_a_nan_timeseries_key_as_the_latest_as_the_sync_does(
     _, got = postgres_rows(pg_dsn, SCHEMA, TABLE)
     assert sorted(r[2] for r in got) == ["a", "d", "e"]
     assert verify_table(table, pg_dsn).content_matches
+
+
+@pytest.fixture
+def icu_dsn(pg_server_dsn: str) -> Iterator[str]:
+    """A database whose default collation is linguistic (en-US), as most servers' are."""
+    name = f"test_icu_{uuid.uuid4().hex[:12]}"
+    create = (
+        "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+    )
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(create).format(sql.Identifier(name)))
+    try:
+        yield pg_server_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_string_timeseries_key_orders_by_bytes_whatever_the_database_collation(
+    tmp_path: Path, icu_dsn: str
+) -> None:
+    # en-US sorts "a" before "B"; bytes (and Delta, and verify) sort "B" (0x42) before "a".
+    # The latest row per key must not depend on the target database's locale.
+    def rows(ids: list[int], times: list[str]) -> pa.Table:
+        return pa.table({"id": pa.array(ids, pa.int64()), "t": times, "v": [t * 2 for t in times]})
+
+    write(tmp_path / "src", rows([1, 1, 2], ["a", "B", "B"]), configuration=CDF)
+    table = one_table(
+        tmp_path, source=str(tmp_path / "src"), primary_key=["id"], timeseries_key="t",
+        mode="triggered", full_refresh_threshold=1.0,
+    )  # fmt: skip
+    sync_table(table, icu_dsn)  # the snapshot ranks the rows of key 1
+    assert verify_table(table, icu_dsn).content_matches
+    write(tmp_path / "src", rows([2, 3, 3], ["a", "a", "B"]), mode="append")
+    assert sync_table(table, icu_dsn).path == "incremental"  # an appended row, new rows ranked
+    DeltaTable(str(tmp_path / "src")).delete("id = 2 AND t = 'a'")
+    write(tmp_path / "src", rows([2], ["b"]), mode="append")
+    assert sync_table(table, icu_dsn).path == "incremental"  # the remaining rows of key 2
+    _, got = postgres_rows(icu_dsn, SCHEMA, TABLE)
+    assert sorted(got) == [(1, "a", "aa"), (2, "b", "bb"), (3, "a", "aa")]
+    assert verify_table(table, icu_dsn).content_matches
