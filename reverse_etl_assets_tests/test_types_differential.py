@@ -22,10 +22,11 @@ import pytest
 from deltalake import DeltaTable, Field
 from psycopg import sql
 
-from reverse_etl_assets.errors import SpecError
+from reverse_etl_assets.errors import DataError, SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 from reverse_etl_assets.postgres.protection import allow_pipeline_writes
+from reverse_etl_assets.postgres.state import read_state
 from reverse_etl_assets.spec import SyncedTable
 from reverse_etl_assets_tests.helpers import one_table
 from reverse_etl_assets_tests.types_campaign import (
@@ -40,6 +41,15 @@ from reverse_etl_assets_tests.types_campaign import (
 )
 
 SCHEMA, TABLE = "gold", "items_synced"
+# A value of each kind of column that can hold a NUL byte, holding one (in a JSON key too).
+NUL_HOLDERS: dict[str, Any] = {
+    "string": "a\x00b",
+    "array_string": ["ok", "\x00"],
+    "map_string_float": [("k\x00", 1.0)],
+    "map_int_string": [(1, "v\x00")],
+    "struct": {"s": "\x00", "n": {"x": 1, "y": "y"}},
+    "array_struct": [{"x": 1, "y": "\x00"}],
+}
 CDF = {"delta.enableChangeDataFeed": "true"}
 
 # Partition columns: a type and the few values its rows take (partition values are paths).
@@ -299,7 +309,41 @@ class Campaign:
         for _ in range(syncs):
             for _ in range(self.rng.randint(1, 3)):
                 self.log.append(self.step())
+            if self.policy == "fail" and self.rng.random() < 0.3:
+                self.refuse_nul()
             self.sync(self.forced if self.rng.random() < 0.7 else self.by_cost)
+
+    def refuse_nul(self) -> None:
+        """`on_invalid_characters: fail`: a row whose text (or JSON text) holds a NUL byte fails
+        the sync naming the column, Postgres and the checkpoint stay; once the row is gone the
+        next sync lands the source."""
+        holders = [n for n in self.schema.names if n.removeprefix("c_") in NUL_HOLDERS]
+        if not holders:
+            return
+        column = self.rng.choice(holders)
+        row = self.new_row()
+        row[column] = NUL_HOLDERS[column.removeprefix("c_")]
+        write(self.path, self.table([row]), mode="append")
+        self.log.append(f"append rid {row['rid']} with a NUL byte in {column}")
+        before = everything(self.dsn)
+        with psycopg.connect(self.dsn) as conn:
+            version = read_state(conn, self.forced.name)
+        try:
+            sync_table(self.forced if self.rng.random() < 0.7 else self.by_cost, self.dsn)
+        except DataError as exc:
+            if f"column {column!r} holds a NUL byte" not in str(exc):
+                self.fail("the wrong error for a NUL byte", [str(exc)])
+        else:
+            self.fail(f"a NUL byte in {column} was synced under `fail`", [])
+        if everything(self.dsn) != before:
+            self.fail("a refused sync changed Postgres", [])
+        with psycopg.connect(self.dsn) as conn:
+            after = read_state(conn, self.forced.name)
+        assert version is not None and after is not None
+        if after.last_synced_version != version.last_synced_version:
+            self.fail("a refused sync moved the checkpoint", [])
+        DeltaTable(str(self.path)).delete(f"rid = {row['rid']}")
+        self.log.append(f"delete rid {row['rid']}")
 
     # -- tampering -------------------------------------------------------------------------------
 
@@ -373,6 +417,11 @@ class Campaign:
                         conn.execute("DROP TABLE public.bak")
         if not verify_table(self.forced, self.dsn).content_matches:
             self.fail("verify differs after the tampering was undone", [])
+
+
+def everything(dsn: str) -> list[str]:
+    """Every Postgres row, comparable (NaN is not equal to itself)."""
+    return sorted(repr(row) for row in postgres_rows(dsn, SCHEMA, TABLE)[1])
 
 
 def tamperings(field: pa.Field) -> list[str]:
