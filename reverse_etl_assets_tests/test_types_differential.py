@@ -23,6 +23,8 @@ from deltalake import DeltaTable, Field
 from psycopg import sql
 
 from reverse_etl_assets.errors import DataError, SpecError
+from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
+from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
 from reverse_etl_assets.postgres.protection import allow_pipeline_writes
@@ -115,6 +117,8 @@ class Campaign:
             "mode": mode,
             "on_invalid_characters": self.policy,
         }
+        if mode == "continuous":
+            entry["poll_interval_seconds"] = 0.1
         self.forced = one_table(tmp_path, **entry, full_refresh_threshold=1.0)
         self.by_cost = one_table(tmp_path, **entry)
         self.paths: list[str] = []
@@ -261,10 +265,17 @@ class Campaign:
             pytrace=False,
         )
 
-    def sync(self, table: SyncedTable, *, full_refresh: bool = False) -> None:
-        result = sync_table(table, self.dsn, full_refresh=full_refresh)
-        self.paths.append(result.path)
-        self.log.append(f"sync -> {result.path} v{result.version} {result.reason}")
+    def sync(self, table: SyncedTable) -> None:
+        if table.mode == "continuous":
+            # The follower lands what waits, then is stopped (it polls every 0.1 s).
+            landed: list[SyncResult] = []
+            summary = follow_table(table, self.dsn, max_seconds=0.6, on_sync=landed.append)
+            self.log.append(f"follow -> {[r.path for r in landed]} {summary}")
+            self.paths += [r.path for r in landed]
+        else:
+            result = sync_table(table, self.dsn)
+            self.paths.append(result.path)
+            self.log.append(f"sync -> {result.path} v{result.version} {result.reason}")
         self.check()
 
     def check(self) -> None:
@@ -347,8 +358,9 @@ class Campaign:
 
     # -- tampering -------------------------------------------------------------------------------
 
-    def tamper_each_column(self) -> None:
-        """Change one value of each column in Postgres: verify must name that key as changed."""
+    def tamper_each_column(self, most: int | None = None) -> None:
+        """Change one value of each column (or of `most` random ones) in Postgres: verify must
+        name that key as changed."""
         key = [n for n, _ in self.key_fields]
         names, got_rows = postgres_rows(self.dsn, SCHEMA, TABLE)
         if not got_rows:
@@ -362,9 +374,8 @@ class Campaign:
                     (f"{SCHEMA}.{TABLE}",),
                 ).fetchall()
             )
-        for field in self.schema:
-            if field.name in key:
-                continue
+        fields = [f for f in self.schema if f.name not in key]
+        for field in self.rng.sample(fields, min(len(fields), most or len(fields))):
             row = self.rng.choice(got_rows)
             where = sql.SQL(" AND ").join(
                 sql.SQL("{} = {}").format(sql.Identifier(n), sql.Literal(row[names.index(n)]))
@@ -479,29 +490,83 @@ def _kind_names() -> list[str]:
     return sorted(kinds(nul=False))
 
 
-@pytest.mark.parametrize(
-    ("seed", "mode", "key_shape", "partition"),
-    [
-        (1, "triggered", "long", None),
-        (2, "triggered", "string", "string"),
-        (3, "snapshot", "composite", "date"),
-        (4, "triggered", "decimal", "long"),
-        (5, "triggered", "date", "bool"),
-        (6, "triggered", "int", "short"),
-        (8, "triggered", "long", "timestamp_ntz"),
-        (9, "triggered", "string", "decimal"),
-        (10, "snapshot", "long", None),
-        (7, "snapshot", "string", "timestamp"),
-    ],
-)
+@pytest.fixture
+def icu_dsn(pg_server_dsn: str) -> Iterator[str]:
+    """A database whose default collation is linguistic (en-US), as most servers' are."""
+    name = f"test_icu_{uuid.uuid4().hex[:12]}"
+    create = (
+        "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+    )
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(create).format(sql.Identifier(name)))
+    try:
+        yield pg_server_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# (seed, mode, key shape, partition column type): the default tier runs a few, the slow tier
+# every one and more seeds.
+SHAPES = [
+    (2, "triggered", "string", "string"),
+    (3, "snapshot", "composite", "date"),
+    (5, "triggered", "date", "bool"),
+    (1, "triggered", "long", None),
+    (4, "triggered", "decimal", "long"),
+    (6, "triggered", "int", "short"),
+    (7, "snapshot", "string", "timestamp"),
+    (8, "triggered", "long", "timestamp_ntz"),
+    (9, "triggered", "string", "decimal"),
+    (10, "snapshot", "long", None),
+    (11, "continuous", "composite", "string"),
+    (12, "continuous", "decimal", None),
+]
+
+
+@pytest.mark.parametrize(("seed", "mode", "key_shape", "partition"), SHAPES[:3])
 def test_random_types_sync_exactly(
     tmp_path: Path, pg_dsn: str, seed: int, mode: str, key_shape: str, partition: str | None
 ) -> None:
     campaign = Campaign(
         tmp_path, pg_dsn, seed=seed, mode=mode, key_shape=key_shape, partition=partition
     )
-    campaign.run(rows=12, syncs=6)
+    campaign.run(rows=10, syncs=4)
+    campaign.tamper_each_column(most=4)
+
+
+def test_random_types_sync_exactly_on_a_linguistic_collation(tmp_path: Path, icu_dsn: str) -> None:
+    campaign = Campaign(tmp_path, icu_dsn, seed=13, mode="triggered", key_shape="string")
+    campaign.run(rows=10, syncs=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "mode", "key_shape", "partition"), SHAPES)
+def test_random_types_sync_exactly_every_shape(
+    tmp_path: Path, pg_dsn: str, seed: int, mode: str, key_shape: str, partition: str | None
+) -> None:
+    campaign = Campaign(
+        tmp_path, pg_dsn, seed=seed, mode=mode, key_shape=key_shape, partition=partition
+    )
+    campaign.run(rows=16, syncs=8)
     campaign.tamper_each_column()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 112))
+def test_random_types_sync_exactly_many_seeds(tmp_path: Path, pg_dsn: str, seed: int) -> None:
+    rng = random.Random(seed)
+    campaign = Campaign(
+        tmp_path,
+        pg_dsn,
+        seed=seed,
+        mode=rng.choice(["triggered", "triggered", "snapshot", "continuous"]),
+        key_shape=rng.choice(sorted(KEY_SHAPES)),
+        partition=rng.choice([None, *sorted(PARTITIONS)]),
+        columns=rng.randint(4, 26),
+    )
+    campaign.run(rows=rng.randint(1, 30), syncs=10)
+    campaign.tamper_each_column(most=8)
 
 
 # -- regressions found by the campaign ---------------------------------------------------------
@@ -584,22 +649,6 @@ def test_verify_takes_a_nan_timeseries_key_as_the_latest_as_the_sync_does(
     _, got = postgres_rows(pg_dsn, SCHEMA, TABLE)
     assert sorted(r[2] for r in got) == ["a", "d", "e"]
     assert verify_table(table, pg_dsn).content_matches
-
-
-@pytest.fixture
-def icu_dsn(pg_server_dsn: str) -> Iterator[str]:
-    """A database whose default collation is linguistic (en-US), as most servers' are."""
-    name = f"test_icu_{uuid.uuid4().hex[:12]}"
-    create = (
-        "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
-    )
-    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL(create).format(sql.Identifier(name)))
-    try:
-        yield pg_server_dsn.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_a_string_timeseries_key_orders_by_bytes_whatever_the_database_collation(
