@@ -22,6 +22,8 @@ import pytest
 from deltalake import DeltaTable, Field
 from psycopg import sql
 
+from reverse_etl_assets.delta import change_feed
+from reverse_etl_assets.delta.cdf_columns import CHANGE_TYPE, COMMIT_VERSION
 from reverse_etl_assets.errors import DataError, SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
 from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
@@ -674,3 +676,39 @@ def test_a_string_timeseries_key_orders_by_bytes_whatever_the_database_collation
     _, got = postgres_rows(icu_dsn, SCHEMA, TABLE)
     assert sorted(got) == [(1, "a", "aa"), (2, "b", "bb"), (3, "a", "aa")]
     assert verify_table(table, icu_dsn).content_matches
+
+
+def test_an_empty_string_partition_value_is_null_in_increments_as_in_the_table(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    # delta-rs logs a "" partition value as "" but reads the table's row as NULL (the Delta
+    # convention): the change feed must land NULL too, as a snapshot does.
+    def rows(ids: list[int], parts: list[str | None]) -> pa.Table:
+        return pa.table({"id": pa.array(ids, pa.int64()), "p": pa.array(parts, pa.string())})
+
+    write(tmp_path / "src", rows([1, 2], ["", "x"]), partition_by=["p"], configuration=CDF)
+    table = one_table(
+        tmp_path, source=str(tmp_path / "src"), primary_key=["id"], mode="triggered",
+        full_refresh_threshold=1.0,
+    )  # fmt: skip
+    sync_table(table, pg_dsn)
+    write(tmp_path / "src", rows([3, 4], ["", None]), mode="append")
+    assert sync_table(table, pg_dsn).path == "incremental"
+    _, got = postgres_rows(pg_dsn, SCHEMA, TABLE)
+    assert sorted(got) == [(1, None), (2, "x"), (3, None), (4, None)]
+    assert sorted(got) == sorted((r["id"], r["p"]) for r in delta_rows(tmp_path / "src")[1])
+    assert verify_table(table, pg_dsn).content_matches
+
+
+def test_an_empty_string_partition_value_is_null_in_delta_rs_s_own_feed_too(
+    tmp_path: Path,
+) -> None:
+    # The feed delta-rs reads (column mapping, deletion vectors) gives "" as it is.
+    data = pa.table({"id": pa.array([1, 2], pa.int64()), "p": pa.array(["", "x"])})
+    write(tmp_path / "src", data, partition_by=["p"], configuration=CDF)
+    source = DeltaTable(str(tmp_path / "src"))
+    schema = pa.schema(source.schema().to_arrow())
+    names = [*schema.names, CHANGE_TYPE, COMMIT_VERSION]
+    batches = change_feed._engine_changes(source, start=0, end=0, schema=schema, names=names)
+    rows = pa.Table.from_batches(list(batches)).select(["id", "p"]).to_pylist()
+    assert sorted(rows, key=lambda r: r["id"]) == [{"id": 1, "p": None}, {"id": 2, "p": "x"}]
