@@ -523,6 +523,8 @@ SHAPES = [
     (10, "snapshot", "long", None),
     (11, "continuous", "composite", "string"),
     (12, "continuous", "decimal", None),
+    (14, "triggered", "timestamp", "string"),
+    (15, "triggered", "binary", "timestamp"),
 ]
 
 

@@ -290,6 +290,11 @@ KEY_SHAPES: dict[
         lambda r, n: (Decimal(f"{(n * 104729 - 10**9) * (-1) ** n}E-10"),),
     ),
     "date": ([("k", pa.date32())], lambda r, n: (date(1, 1, 1) + timedelta(days=n * 37),)),
+    "timestamp": (
+        [("k", pa.timestamp("us", tz="UTC"))],
+        lambda r, n: (datetime(1, 1, 1, tzinfo=UTC) + timedelta(microseconds=n * 10**13 + n),),
+    ),
+    "binary": ([("k", pa.binary())], lambda r, n: (n.to_bytes(4, "big") + b"\x00",)),
 }
 
 
