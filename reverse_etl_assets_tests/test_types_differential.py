@@ -26,6 +26,7 @@ from reverse_etl_assets.delta import change_feed
 from reverse_etl_assets.delta.cdf_columns import CHANGE_TYPE, COMMIT_VERSION
 from reverse_etl_assets.errors import DataError, SpecError
 from reverse_etl_assets.pipelines.delta_to_postgres.follow import follow_table
+from reverse_etl_assets.pipelines.delta_to_postgres.incremental import SchemaChangeError
 from reverse_etl_assets.pipelines.delta_to_postgres.result import SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.run import sync_table
 from reverse_etl_assets.pipelines.delta_to_postgres.verify import verify_table
@@ -714,3 +715,27 @@ def test_an_empty_string_partition_value_is_null_in_delta_rs_s_own_feed_too(
     batches = change_feed._engine_changes(source, start=0, end=0, schema=schema, names=names)
     rows = pa.Table.from_batches(list(batches)).select(["id", "p"]).to_pylist()
     assert sorted(rows, key=lambda r: r["id"]) == [{"id": 1, "p": None}, {"id": 2, "p": "x"}]
+
+
+def test_a_field_dropped_from_a_struct_fails_like_a_retyped_column(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    # Only added columns (and, inside a nested column, added fields) are followed; Postgres
+    # keeps serving the last synced version.
+    struct = pa.struct([("a", pa.int64()), ("b", pa.int64())])
+    rows = pa.table(
+        {"id": pa.array([1], pa.int64()), "s": pa.array([[{"a": 1, "b": 2}]], pa.list_(struct))}
+    )
+    write(tmp_path / "src", rows, configuration=CDF)
+    table = one_table(tmp_path, source=str(tmp_path / "src"), primary_key=["id"], mode="triggered")
+    sync_table(table, pg_dsn)
+    fewer = pa.table(
+        {
+            "id": pa.array([1], pa.int64()),
+            "s": pa.array([[{"a": 3}]], pa.list_(pa.struct([("a", pa.int64())]))),
+        }
+    )
+    write(tmp_path / "src", fewer, mode="overwrite", schema_mode="overwrite")
+    with pytest.raises(SchemaChangeError, match=r"column 's' changed type .* --full-refresh"):
+        sync_table(table, pg_dsn)
+    assert postgres_rows(pg_dsn, SCHEMA, TABLE)[1] == [(1, [{"a": 1, "b": 2}])]
