@@ -526,6 +526,7 @@ SHAPES = [
     (12, "continuous", "decimal", None),
     (14, "triggered", "timestamp", "string"),
     (15, "triggered", "binary", "timestamp"),
+    (16, "triggered", "int", "date"),
 ]
 
 
