@@ -133,3 +133,19 @@ def test_system_column_names_are_refused_for_every_writer() -> None:
     with pytest.raises(SpecError, match=r"'x': column 'ctid' has the name of a Postgres system"):
         pg_columns(pa.schema([("id", pa.int64()), ("ctid", pa.string())]), table="x")
     assert [c.name for c in pg_columns(pa.schema([("CTID", pa.string())]), table="x")] == ["CTID"]
+
+
+def test_map_keys_nan_and_infinities_stay_apart() -> None:
+    # JSON has no NaN/Infinity values (they become null), but an object key is text: as "null"
+    # they were three equal keys, and jsonb kept only the last entry.
+    for float_type in (pa.float64(), pa.float32()):
+        keys = pa.array(
+            [[(math.nan, 1), (math.inf, 2), (-math.inf, 3), (2.5, 4)]],
+            pa.map_(float_type, pa.int32()),
+        )
+        assert json.loads(json_text(keys).to_pylist()[0]) == {
+            "NaN": 1,
+            "Infinity": 2,
+            "-Infinity": 3,
+            "2.5": 4,
+        }

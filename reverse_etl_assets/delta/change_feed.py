@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
@@ -98,9 +99,11 @@ def _partition_value(text: str | None, type_: pa.DataType) -> pa.Scalar:
     """A partition value from the log (text) as a scalar of its column's type.
 
     A `timestamp` (UTC) partition value is written without a zone ("2024-01-01 00:00:00.000000"),
-    which Arrow will not read as zoned: it is read as a plain timestamp, which is UTC.
+    which Arrow will not read as zoned: it is read as a plain timestamp, which is UTC. An empty
+    value is NULL, whatever the type: how Delta readers (delta-rs's own table scan included)
+    read a row whose string partition value was written as "".
     """
-    value = pa.array([text], pa.string())
+    value = pa.array([text or None], pa.string())
     try:
         return value.cast(type_)[0]
     except pa.ArrowInvalid:
@@ -113,20 +116,23 @@ def _engine_changes(
     table: DeltaTable, *, start: int, end: int, schema: pa.Schema, names: list[str]
 ) -> Iterator[pa.RecordBatch]:
     """The range as delta-rs reads it (it holds a row group of each file it reads)."""
+    partitions = set(table.metadata().partition_columns)
     try:
         reader = pa.RecordBatchReader.from_stream(
             table.load_cdf(starting_version=start, ending_version=end)
         )
         for batch in reader:
             if batch.num_rows:
-                yield _select(batch, schema, names)
+                yield _select(batch, schema, names, partitions)
     except (DeltaError, OSError, pa.ArrowException) as exc:
         raise RangeUnavailable(
             f"reading the Change Data Feed of versions {start}..{end} failed: {exc}"
         ) from exc
 
 
-def _select(batch: pa.RecordBatch, schema: pa.Schema, names: list[str]) -> pa.RecordBatch:
+def _select(
+    batch: pa.RecordBatch, schema: pa.Schema, names: list[str], partitions: set[str]
+) -> pa.RecordBatch:
     arrays = []
     for field in schema:
         index = batch.schema.get_field_index(field.name)
@@ -136,7 +142,12 @@ def _select(batch: pa.RecordBatch, schema: pa.Schema, names: list[str]) -> pa.Re
         # The feed's types are not always the table's (string views for strings): the rules
         # applied to every batch (NUL bytes) need the table's.
         column = batch.column(index)
-        arrays.append(column if column.type == field.type else column.cast(field.type))
+        column = column if column.type == field.type else column.cast(field.type)
+        if field.name in partitions and pa.types.is_string(field.type):
+            # delta-rs's feed gives a partition value logged as "" as it is; the table reads
+            # it as NULL (see `_partition_value`).
+            column = pc.if_else(pc.equal(column, ""), pa.scalar(None, field.type), column)
+        arrays.append(column)
     arrays.append(batch.column(CHANGE_TYPE).cast(pa.string()))
     arrays.append(batch.column(COMMIT_VERSION).cast(pa.int64()))
     return pa.RecordBatch.from_arrays(arrays, names=names)

@@ -170,7 +170,9 @@ def _summarize(version: int, text: str) -> Commit:
     cdc_files: list[ChangeFile] = []
     data_files: list[ChangeFile] = []
     needs_engine = False
-    for line in text.splitlines():
+    # Only "\n" ends an action: `splitlines` would also cut at U+2028, U+2029 or U+0085, which
+    # JSON leaves unescaped inside strings (a string column's statistics can hold them).
+    for line in text.split("\n"):
         if not line.strip():
             continue
         action = json.loads(line)

@@ -140,7 +140,19 @@ def apply_net(
             "WITH written AS ({} RETURNING (t.xmax = 0) AS inserted) "
             "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
             "FROM written"
-        ).format(upsert_statement(schema, table, names, key, timeseries_key, source=upserts))
+        ).format(
+            upsert_statement(
+                schema,
+                table,
+                names,
+                key,
+                timeseries_key,
+                source=upserts,
+                order=ddl.byte_order(columns, timeseries_key)
+                if timeseries_key
+                else ddl.DEFAULT_ORDER,
+            )
+        )
     ).fetchone()
     assert counted is not None
     return Applied(
@@ -183,10 +195,11 @@ def upsert_statement(
     timeseries_key: str | None,
     *,
     source: sql.Composable,
+    order: sql.Composable = ddl.DEFAULT_ORDER,
 ) -> sql.Composed:
     """INSERT the rows of `source` (a staged table or an aliased subquery); on a key conflict
     update only rows whose values changed (and, with a timeseries_key, only with a row at least
-    as recent)."""
+    as recent, compared with `order`: see `ddl.byte_order`)."""
     staged = source
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     values = [c for c in columns if c not in key]
@@ -201,9 +214,9 @@ def upsert_statement(
     new = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in values)
     changed = sql.SQL("(ROW({old}) IS DISTINCT FROM ROW({new}))").format(old=old, new=new)
     if timeseries_key is not None:
-        changed = sql.SQL("{changed} AND (t.{ts} IS NULL OR EXCLUDED.{ts} >= t.{ts})").format(
-            changed=changed, ts=sql.Identifier(timeseries_key)
-        )
+        changed = sql.SQL(
+            "{changed} AND (t.{ts} IS NULL OR EXCLUDED.{ts}{order} >= t.{ts})"
+        ).format(changed=changed, ts=sql.Identifier(timeseries_key), order=order)
     return sql.SQL(
         "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {s} "
         "ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {changed}"

@@ -25,6 +25,7 @@ from psycopg import sql
 
 from reverse_etl_assets.delta.cdf_columns import COMMIT_VERSION
 from reverse_etl_assets.errors import DataError
+from reverse_etl_assets.postgres import ddl
 from reverse_etl_assets.schema.delta_to_postgres import PgColumn
 from reverse_etl_assets.transform.changes import ARRIVING, INVALID, NEW_ROW
 
@@ -239,7 +240,12 @@ def present_keys_statement(key: tuple[str, ...], target: sql.Composable) -> sql.
 
 
 def latest_rows_statement(
-    key: tuple[str, ...], columns: tuple[str, ...], timeseries_key: str, *, source: str
+    key: tuple[str, ...],
+    columns: tuple[str, ...],
+    timeseries_key: str,
+    *,
+    source: str,
+    order: sql.Composable = ddl.DEFAULT_ORDER,
 ) -> sql.Composed:
     """CREATE the net table: the latest row per key by `timeseries_key` (NULLs last, as the
     snapshot path ranks) among the rows of `source` (the stage, or the remaining rows of the
@@ -252,9 +258,9 @@ def latest_rows_statement(
     return sql.SQL(
         "CREATE TEMP TABLE {net} ON COMMIT DROP AS "
         "SELECT {cols}, true AS {arriving} FROM ("
-        "SELECT {all_cols}, max({ts}) OVER (PARTITION BY {key}) AS {newest} "
+        "SELECT {all_cols}, max({ts}{order}) OVER (PARTITION BY {key}) AS {newest} "
         "FROM {source} AS c{where}) AS r "
-        "WHERE r.{ts} = r.{newest} OR r.{newest} IS NULL"
+        "WHERE r.{ts}{order} = r.{newest} OR r.{newest} IS NULL"
     ).format(
         **_SHARED,
         cols=_names(columns),
@@ -264,6 +270,7 @@ def latest_rows_statement(
         newest=sql.Identifier(_NEWEST),
         source=sql.Identifier(source),
         where=where,
+        order=order,
     )
 
 
@@ -302,15 +309,21 @@ def invalid_characters_statement(key: tuple[str, ...]) -> sql.Composed:
 
 
 def outranked_statement(
-    key: tuple[str, ...], timeseries_key: str, target: sql.Composable
+    key: tuple[str, ...],
+    timeseries_key: str,
+    target: sql.Composable,
+    *,
+    order: sql.Composable = ddl.DEFAULT_ORDER,
 ) -> sql.Composed:
     """DELETE from the net table the rows older than their key's row in `target` (NULLs last):
     an appended row that would not replace it, so not one a tie among new rows could decide."""
     ts = sql.Identifier(timeseries_key)
     return sql.SQL(
         "DELETE FROM {net} AS n USING {target} AS t WHERE {match} "
-        "AND t.{ts} IS NOT NULL AND (n.{ts} IS NULL OR n.{ts} < t.{ts})"
-    ).format(net=sql.Identifier(NET), target=target, match=_match(key, "t", "n"), ts=ts)
+        "AND t.{ts} IS NOT NULL AND (n.{ts} IS NULL OR n.{ts}{order} < t.{ts})"
+    ).format(
+        net=sql.Identifier(NET), target=target, match=_match(key, "t", "n"), ts=ts, order=order
+    )
 
 
 def ties_statement(key: tuple[str, ...]) -> sql.Composed:
@@ -438,11 +451,16 @@ def net_latest_rows(
     Rows tied on the latest value are a duplicate key (a DataError) only when they are the key's
     latest: new rows tied below the stored row's value are not in the way, as in a snapshot."""
     source = REMAINING if resolved else STAGE
+    order = ddl.byte_order(columns, timeseries_key)
     count = conn.execute(
-        latest_rows_statement(key, _column_names(columns), timeseries_key, source=source)
+        latest_rows_statement(
+            key, _column_names(columns), timeseries_key, source=source, order=order
+        )
     ).rowcount
     if not resolved:
-        count -= conn.execute(outranked_statement(key, timeseries_key, target)).rowcount
+        count -= conn.execute(
+            outranked_statement(key, timeseries_key, target, order=order)
+        ).rowcount
     tie = conn.execute(ties_statement(key)).fetchone()
     if tie is not None:
         raise DataError(

@@ -100,14 +100,34 @@ def duplicate_keys(schema: str, table: str, key: tuple[str, ...], limit: int) ->
     ).format(cols=cols, t=qualified(schema, table), n=sql.Literal(limit))
 
 
-def keep_latest(schema: str, table: str, key: tuple[str, ...], timeseries_key: str) -> sql.Composed:
-    """Delete every row but the latest (by `timeseries_key`) of each key; ties all stay."""
+# A comparison in the database's default collation (see `byte_order`).
+DEFAULT_ORDER = sql.SQL("")
+
+
+def byte_order(columns: tuple[PgColumn, ...], timeseries_key: str) -> sql.Composable:
+    """What follows the timeseries key in a comparison: ` COLLATE "C"` for a text column, so the
+    latest row per key is the latest by bytes, as Delta and verify compare strings, whatever
+    the database's default collation; nothing for other types."""
+    text = any(c.name == timeseries_key and c.ddl == "text" for c in columns)
+    return sql.SQL(' COLLATE "C"') if text else DEFAULT_ORDER
+
+
+def keep_latest(
+    schema: str,
+    table: str,
+    key: tuple[str, ...],
+    timeseries_key: str,
+    *,
+    order: sql.Composable = DEFAULT_ORDER,
+) -> sql.Composed:
+    """Delete every row but the latest (by `timeseries_key`, compared with `order`, see
+    `byte_order`) of each key; ties all stay."""
     cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
     return sql.SQL(
         "DELETE FROM {t} s USING (SELECT ctid FROM (SELECT ctid, rank() OVER "
-        "(PARTITION BY {cols} ORDER BY {ts} DESC NULLS LAST) AS r FROM {t}) ranked "
+        "(PARTITION BY {cols} ORDER BY {ts}{order} DESC NULLS LAST) AS r FROM {t}) ranked "
         "WHERE r > 1) d WHERE s.ctid = d.ctid"
-    ).format(t=qualified(schema, table), cols=cols, ts=sql.Identifier(timeseries_key))
+    ).format(t=qualified(schema, table), cols=cols, ts=sql.Identifier(timeseries_key), order=order)
 
 
 def select_all(schema: str, table: str) -> sql.Composed:

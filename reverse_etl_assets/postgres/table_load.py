@@ -62,7 +62,7 @@ def replace_table(
         try:
             workers = connections_for(expected_rows, target.max_connections)
             sent = copy_in_parallel(dsn, schema, staging, columns, batches, workers, on_progress)
-            index_renames, dropped = _build_indexes(control, target, staging)
+            index_renames, dropped = _build_indexes(control, target, staging, columns)
             rows = sent - dropped
             control.execute(psycopg.sql.SQL("ANALYZE {}").format(ddl.qualified(schema, staging)))
             plan = SwapPlan(
@@ -153,7 +153,10 @@ def copy_in_parallel(
 
 
 def _build_indexes(
-    conn: psycopg.Connection, target: TableTarget, staging: str
+    conn: psycopg.Connection,
+    target: TableTarget,
+    staging: str,
+    table_columns: tuple[PgColumn, ...],
 ) -> tuple[tuple[tuple[str, str], ...], int]:
     """Key and indexes on the loaded table; returns (staging -> final index names, rows dropped)."""
     schema = target.schema
@@ -163,7 +166,13 @@ def _build_indexes(
     if target.primary_key:
         if target.timeseries_key:
             cur = conn.execute(
-                ddl.keep_latest(schema, staging, target.primary_key, target.timeseries_key)
+                ddl.keep_latest(
+                    schema,
+                    staging,
+                    target.primary_key,
+                    target.timeseries_key,
+                    order=ddl.byte_order(table_columns, target.timeseries_key),
+                )
             )
             dropped = max(cur.rowcount, 0)
         pkey = names.primary_key_name(staging)

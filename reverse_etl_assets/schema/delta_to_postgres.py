@@ -193,4 +193,22 @@ def _key_text(keys: pa.Array) -> pa.Array:
         return text
     # A scalar's JSON is a number, true/false, or a quoted string without escapes (dates,
     # timestamps, decimals, base64): drop the quotes.
-    return pl.Series(text).str.strip_prefix('"').str.strip_suffix('"').to_arrow()
+    found = pl.Series(text).str.strip_prefix('"').str.strip_suffix('"')
+    if pa.types.is_floating(t):
+        # NaN and the infinities, JSON null as values, are keys of their own: as "null" they
+        # would be one key, and jsonb keeps only the last of equal keys.
+        value = pl.Series(keys.cast(pa.float64()))
+        found = (
+            pl.DataFrame({"v": value, "text": found})
+            .select(
+                pl.when(pl.col("v").is_nan())
+                .then(pl.lit("NaN"))
+                .when(pl.col("v") == float("inf"))
+                .then(pl.lit("Infinity"))
+                .when(pl.col("v") == float("-inf"))
+                .then(pl.lit("-Infinity"))
+                .otherwise(pl.col("text"))
+            )
+            .to_series()
+        )
+    return found.to_arrow()

@@ -78,6 +78,8 @@ class LatestPerKey:
 
 
 def keep_latest(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows holding each key's greatest timestamp (NULL only when all are; ties all stay)."""
-    latest = pl.col("t").max().over("k")
-    return frame.filter((pl.col("t") == latest) | latest.is_null())
+    """The rows holding each key's greatest timestamp (NULL only when all are; ties all stay),
+    as the sync's `keep_latest` leaves them: a float NaN is greatest, as Postgres orders it."""
+    t = pl.col("t")
+    latest = (t.nan_max() if frame.schema["t"].is_float() else t.max()).over("k")
+    return frame.filter((t == latest) | latest.is_null())

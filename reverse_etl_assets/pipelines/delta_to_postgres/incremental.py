@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from reverse_etl_assets.delta.change_feed import stream_changes
@@ -20,7 +21,7 @@ from reverse_etl_assets.delta.reader import (
     open_source,
     read_rows_with_keys,
 )
-from reverse_etl_assets.errors import DataError
+from reverse_etl_assets.errors import DataError, SourceError
 from reverse_etl_assets.pipelines.delta_to_postgres import cost, states
 from reverse_etl_assets.pipelines.delta_to_postgres.result import Progress, SyncResult
 from reverse_etl_assets.pipelines.delta_to_postgres.snapshot import load_snapshot
@@ -129,6 +130,57 @@ def check_range(table: SyncedTable, source: SourceSnapshot, *, start: int) -> li
                 f"the Change Data Feed was turned off at version {commit.version}"
             )
     return commits
+
+
+def nested_type_change(
+    table: SyncedTable, source: SourceSnapshot, commits: list[Commit], *, last: int
+) -> str | None:
+    """Why the range after checkpoint `last` must be swapped in whole, when an array/map/struct
+    column gained fields in it (at any depth), else None; a SchemaChangeError when a nested
+    field was dropped, renamed or retyped (like a column: only a rebuild follows it).
+
+    The column stays jsonb, so `check_schema` lets it pass, but its JSON shape changes for every
+    row, also the rows no version of the range touches: only a snapshot rewrites those. The
+    schema at `last` is read only when a commit of the range changed the table's metadata."""
+    if all(commit.metadata is None for commit in commits):
+        return None
+    try:
+        before = open_source(source.uri, storage_options=table.storage_options, version=last)
+    except SourceError as exc:
+        return f"the schema of version {last} cannot be read to compare column types ({exc})"
+    for field in source.schema:
+        if not pa.types.is_nested(field.type) or field.name not in before.schema.names:
+            continue
+        old = before.schema.field(field.name).type
+        if old == field.type:
+            continue
+        if not _widens(old, field.type):
+            raise SchemaChangeError(
+                f"synced table {table.name!r}: column {field.name!r} changed type from {old} "
+                f"to {field.type} (a nested field dropped, renamed or retyped); only added "
+                "columns and fields are followed incrementally. Postgres still serves the last "
+                f"synced version. Rebuild with `reverse-etl sync {table.name} --full-refresh`"
+            )
+        return (
+            f"column {field.name!r} changed its nested type from {old} to {field.type}, "
+            "which changes the JSON of every row"
+        )
+    return None
+
+
+def _widens(old: pa.DataType, new: pa.DataType) -> bool:
+    """Whether `new` is `old` with struct fields added (at any depth), nothing else changed."""
+    if pa.types.is_struct(old) and pa.types.is_struct(new):
+        fields = {new.field(i).name: new.field(i).type for i in range(new.num_fields)}
+        return all(
+            old.field(i).name in fields and _widens(old.field(i).type, fields[old.field(i).name])
+            for i in range(old.num_fields)
+        )
+    if pa.types.is_map(old) and pa.types.is_map(new):
+        return _widens(old.key_type, new.key_type) and _widens(old.item_type, new.item_type)
+    if pa.types.is_list(old) and pa.types.is_list(new):
+        return _widens(old.value_type, new.value_type)
+    return bool(old == new)
 
 
 class _SnapshotCheaper(Exception):

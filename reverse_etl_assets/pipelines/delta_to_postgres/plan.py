@@ -124,6 +124,9 @@ def plan_with(
         commits = incremental.check_range(table, source, start=start.version + 1)
     except RangeUnavailable as exc:
         return plan(SNAPSHOT, f"full refresh: {incremental.unreadable(start.version, source, exc)}")
+    reshaped = incremental.nested_type_change(table, source, commits, last=start.version)
+    if reshaped is not None:
+        return plan(SNAPSHOT, f"full refresh: {reshaped}")
     estimate = _estimate(stored, source, commits)
     if table.full_refresh_threshold is not None:
         # The spec's share rule: decided on the exact changed keys, once the range is netted.

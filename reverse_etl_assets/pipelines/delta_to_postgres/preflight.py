@@ -57,9 +57,19 @@ def check_source(table: SyncedTable, source: SourceSnapshot) -> tuple[PgColumn, 
                 f"{where}: `primary_key` column {key!r} is an array/map/struct; "
                 "a key must be a scalar column"
             )
+    if table.timeseries_key is not None and by_name[table.timeseries_key].ddl in _UNORDERED:
+        found = by_name[table.timeseries_key].ddl
+        raise SpecError(
+            f"{where}: `timeseries_key` {table.timeseries_key!r} is a {found} column, which has "
+            "no latest value; use a timestamp, date, number, decimal or string column"
+        )
     if table.mode != "snapshot" and not source.cdf_enabled:
         raise SpecError(enable_cdf_message(table))
     return columns
+
+
+# Postgres types with no max(): no latest row per key by them (jsonb: an array/map/struct).
+_UNORDERED = ("boolean", "bytea", "jsonb")
 
 
 def enable_cdf_message(table: SyncedTable) -> str:
