@@ -634,7 +634,7 @@ def test_random_values_of_every_type_land_as_documented(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(100, 110))
+@pytest.mark.parametrize("seed", range(100, 103))  # a wider range for a campaign of its own
 def test_random_values_of_every_type_land_as_documented_more_seeds(
     pg_dsn: str, tmp_path: Path, seed: int
 ) -> None:
