@@ -180,10 +180,9 @@ class Campaign:
         merger.execute()
 
     def update_values(self) -> str:
-        current = self.rows()
-        if not current:
+        picked = self._some_rows(most=5)
+        if not picked:
             return self.append()
-        picked = self.rng.sample(current, min(len(current), self.rng.randint(1, 5)))
         for row in picked:
             for name in self.rng.sample(self.schema.names, 3):
                 if name.startswith("c_"):
@@ -191,11 +190,17 @@ class Campaign:
         self._merge_rows(picked, insert=False)
         return f"update values of rids {[r['rid'] for r in picked]}"
 
-    def update_keys(self) -> str:
+    def _some_rows(self, *, most: int, least: int = 1) -> list[dict[str, Any]]:
+        """Between `least` and `most` of the current rows, at random (none when there are none)."""
         current = self.rows()
         if not current:
+            return []
+        return self.rng.sample(current, min(len(current), self.rng.randint(least, most)))
+
+    def update_keys(self) -> str:
+        picked = self._some_rows(most=3)
+        if not picked:
             return self.append()
-        picked = self.rng.sample(current, min(len(current), self.rng.randint(1, 3)))
         for row in picked:
             self.next += 1
             row.update(
@@ -205,17 +210,15 @@ class Campaign:
         return f"update keys of rids {[r['rid'] for r in picked]}"
 
     def delete(self) -> str:
-        current = self.rows()
-        if not current:
+        picked = self._some_rows(most=4)
+        if not picked:
             return self.append()
-        picked = self.rng.sample(current, min(len(current), self.rng.randint(1, 4)))
         rids = ", ".join(str(r["rid"]) for r in picked)
         DeltaTable(str(self.path)).delete(f"rid IN ({rids})")
         return f"delete rids {rids}"
 
     def merge(self) -> str:
-        current = self.rows()
-        picked = self.rng.sample(current, min(len(current), self.rng.randint(0, 3)))
+        picked = self._some_rows(most=3, least=0)
         for row in picked:
             for name in self.schema.names:
                 if name.startswith("c_") and self.rng.random() < 0.5:
