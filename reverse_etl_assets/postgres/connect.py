@@ -14,6 +14,9 @@ from psycopg.conninfo import conninfo_to_dict
 from reverse_etl_assets.errors import ConfigError, ReverseEtlError, translate
 
 APPLICATION_NAME = "reverse_etl"
+# Every session reads dates, timestamps and intervals in the forms psycopg parses, whatever the
+# database or role sets (a `DateStyle` of German made reading the pipeline's own state fail).
+PINNED_OPTIONS = "-c datestyle=ISO,MDY -c intervalstyle=postgres"
 
 
 def parse_dsn(dsn: str, *, where: str = "REVERSE_ETL_PG_DSN") -> dict[str, str]:
@@ -36,15 +39,14 @@ def connect(
     (unreachable: transient; a missing role or database, a wrong password: terminal).
 
     An `application_name` in the DSN is kept: the follower names its sessions with it.
-    `options` (`-c name=value …`) pins settings for the session.
+    `options` (`-c name=value …`) pins settings for the session, after the DSN's own `options`
+    and PINNED_OPTIONS (the last setting of a name wins).
     """
-    name = parse_dsn(dsn).get("application_name") or APPLICATION_NAME
+    params = parse_dsn(dsn)
+    name = params.get("application_name") or APPLICATION_NAME
+    pinned = " ".join(part for part in (params.get("options"), PINNED_OPTIONS, options) if part)
     try:
-        if options is not None:
-            return psycopg.connect(
-                dsn, autocommit=autocommit, application_name=name, options=options
-            )
-        return psycopg.connect(dsn, autocommit=autocommit, application_name=name)
+        return psycopg.connect(dsn, autocommit=autocommit, application_name=name, options=pinned)
     except psycopg.Error as exc:
         translated = translate(exc) or ReverseEtlError(str(exc))
         message = redact(f"cannot connect to Postgres ({describe_dsn(dsn)}): {translated}", dsn)
