@@ -512,8 +512,8 @@ def icu_dsn(pg_server_dsn: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-# (seed, mode, key shape, partition column type): the default tier runs a few, the slow tier
-# every one and more seeds.
+# (seed, mode, key shape, partition column type): the default tier runs the first three, the slow
+# tier the rest, and more seeds below.
 SHAPES = [
     (2, "triggered", "string", "string"),
     (3, "snapshot", "composite", "date"),
@@ -533,7 +533,10 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize(("seed", "mode", "key_shape", "partition"), SHAPES[:3])
+@pytest.mark.parametrize(
+    ("seed", "mode", "key_shape", "partition"),
+    [*SHAPES[:3], *(pytest.param(*shape, marks=pytest.mark.slow) for shape in SHAPES[3:])],
+)
 def test_random_types_sync_exactly(
     tmp_path: Path, pg_dsn: str, seed: int, mode: str, key_shape: str, partition: str | None
 ) -> None:
@@ -547,18 +550,6 @@ def test_random_types_sync_exactly(
 def test_random_types_sync_exactly_on_a_linguistic_collation(tmp_path: Path, icu_dsn: str) -> None:
     campaign = Campaign(tmp_path, icu_dsn, seed=13, mode="triggered", key_shape="string")
     campaign.run(rows=10, syncs=3)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("seed", "mode", "key_shape", "partition"), SHAPES[3:])
-def test_random_types_sync_exactly_every_shape(
-    tmp_path: Path, pg_dsn: str, seed: int, mode: str, key_shape: str, partition: str | None
-) -> None:
-    campaign = Campaign(
-        tmp_path, pg_dsn, seed=seed, mode=mode, key_shape=key_shape, partition=partition
-    )
-    campaign.run(rows=10, syncs=3)
-    campaign.tamper_each_column(most=3)
 
 
 # More seeds run in a campaign of their own (`-m slow -k many_seeds` with a wider range): the

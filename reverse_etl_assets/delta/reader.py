@@ -153,24 +153,12 @@ def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> Iterator[pa
     read: a key may hold any number of rows. Files whose statistics exclude the values are
     skipped; the rest are scanned. A read failure, raised while iterating, is a SourceError."""
     dataset: pads.Dataset = snapshot.table.to_pyarrow_dataset()
-
-    def condition(cast: bool) -> pads.Expression:
-        tests = []
-        for name in keys.column_names:
-            wanted = pc.unique(keys.column(name).combine_chunks())
-            field_type = dataset.schema.field(name).type
-            column = pc.field(name).cast(field_type) if cast else pc.field(name)
-            tests.append(column.isin(wanted.cast(field_type)))
-        return functools.reduce(operator.and_, tests)
-
+    wanted = {name: pc.unique(keys.column(name).combine_chunks()) for name in keys.column_names}
     try:
-        # A file a delta-rs MERGE wrote stores strings as views (`string_view`), whose
-        # statistics Arrow cannot compare with `string` values: then the key columns are cast to
-        # the table's types, which every file evaluates (without pruning by statistics). Decided
-        # before the first row, since the rows go out as they are read.
-        cast = _stores_views(dataset, keys.column_names)
         for batch in dataset.to_batches(
-            filter=condition(cast), columns=snapshot.schema.names, batch_size=BATCH_ROWS
+            filter=isin_filter(dataset, wanted),
+            columns=snapshot.schema.names,
+            batch_size=BATCH_ROWS,
         ):
             if batch.num_rows:
                 yield _conform(batch, snapshot.schema, {})
@@ -179,6 +167,25 @@ def read_rows_with_keys(snapshot: SourceSnapshot, keys: pa.Table) -> Iterator[pa
             f"reading Delta table {snapshot.uri} at version {snapshot.version} failed: {exc}. "
             "If its files were vacuumed or rewritten, sync again to read the latest version"
         ) from exc
+
+
+def isin_filter(dataset: pads.Dataset, wanted: dict[str, pa.Array]) -> pads.Expression:
+    """Rows whose columns take the `wanted` values, column by column, files pruned by their
+    statistics.
+
+    A file a delta-rs MERGE wrote stores strings and binaries as Arrow views (`string_view`),
+    while the dataset's schema and so the values say `string`: Arrow cannot compare such a
+    file's statistics with them ("no kernel matching input types"). When a file does, the columns
+    are cast to the dataset's types, which every file evaluates (without pruning by statistics).
+    Decided from the files' schemas before any row is read, so a stream of rows never restarts.
+    """
+    cast = _stores_views(dataset, list(wanted))
+    tests = []
+    for name, values in wanted.items():
+        field_type = dataset.schema.field(name).type
+        column = pc.field(name).cast(field_type) if cast else pc.field(name)
+        tests.append(column.isin(values.cast(field_type)))
+    return functools.reduce(operator.and_, tests)
 
 
 def _stores_views(dataset: pads.Dataset, names: list[str]) -> bool:

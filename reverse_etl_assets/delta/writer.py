@@ -19,7 +19,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_deltalake
 from deltalake.exceptions import (
     CommitFailedError,
@@ -28,6 +27,7 @@ from deltalake.exceptions import (
     TableNotFoundError,
 )
 
+from reverse_etl_assets.delta.reader import isin_filter
 from reverse_etl_assets.errors import ReverseEtlError, TransientError
 from reverse_etl_assets.transform.lakehouse_changes import (
     KEEP_PREFIX,
@@ -249,7 +249,7 @@ def lookup_rows(
         key_schema = pa.schema([dataset.schema.field(k) for k in key_columns])
         keys = keys.cast(key_schema)
         values = pc.unique(keys.column(first).combine_chunks())
-        found = scan_isin(dataset, present, first, values)
+        found = dataset.to_table(columns=present, filter=isin_filter(dataset, {first: values}))
         if len(key_columns) > 1:
             # isin on the first key column prunes files; a semi join keeps exact composite keys.
             # It joins the key columns and row numbers only: Arrow's joins refuse list columns
@@ -264,23 +264,6 @@ def lookup_rows(
             matched = numbered.join(unique, keys=list(key_columns), join_type="left semi")
             found = found.take(matched.column(row))
         return found.select(present)
-
-
-def scan_isin(
-    dataset: pads.Dataset, columns: Sequence[str], name: str, values: pa.Array
-) -> pa.Table:
-    """`columns` of the rows whose `name` is in `values`, files pruned by their statistics.
-
-    A file a delta-rs MERGE wrote stores strings and binaries as Arrow views (`string_view`),
-    while the dataset's schema and so `values` say `string`: Arrow then cannot compare the
-    file's statistics with the values ("no kernel matching input types (string, string_view)").
-    Such a scan is retried with the column cast to the dataset's type, which every file can
-    evaluate (without pruning by statistics)."""
-    try:
-        return dataset.to_table(columns=list(columns), filter=pc.field(name).isin(values))
-    except pa.ArrowNotImplementedError:
-        cast = pc.field(name).cast(dataset.schema.field(name).type)
-        return dataset.to_table(columns=list(columns), filter=cast.isin(values))
 
 
 def check_schema(uri: str, table: pa.Schema, data: pa.Schema) -> None:

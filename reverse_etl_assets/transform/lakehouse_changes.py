@@ -189,10 +189,10 @@ def with_untouched_rows(
         if field.name in names:
             columns[field.name] = untouched[field.name].cast(field.type)
         elif field.name == OP:
-            columns[field.name] = pa.array(["fill"] * untouched.num_rows, field.type)
+            columns[field.name] = pa.repeat(pa.scalar("fill", field.type), untouched.num_rows)
         elif field.name in values:
             scalar = values[field.name].cast(field.type)
-            columns[field.name] = pa.array([scalar.as_py()] * untouched.num_rows, field.type)
+            columns[field.name] = pa.repeat(scalar, untouched.num_rows)
         else:
             columns[field.name] = pa.nulls(untouched.num_rows, field.type)
     fills = pa.table(columns, schema=rows.schema)

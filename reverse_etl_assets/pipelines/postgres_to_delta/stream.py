@@ -203,21 +203,11 @@ class ChangeStream:
             if label in self.failed:
                 continue
             try:
-                try:
-                    landed = self._land(schema, table, changes)
-                except writer.SchemaConflictError as exc:
-                    # The writer knows the Delta table only: name the sync, the Postgres table
-                    # and the exact command.
-                    hint = f"`reverse-etl sync {self.sync.name} --full-refresh`"
-                    detail = str(exc).replace(writer.FULL_REFRESH_HINT, f"run {hint}")
-                    raise TableFailed(
-                        f"lakehouse sync {self.sync.name!r}: {label}: {detail}; this table stops "
-                        "here (the others go on)"
-                    ) from exc
-            except TableFailed as exc:
-                result.failed[label] = str(exc)
-                self.failed[label] = str(exc)
-                log.error("%s: %s: %s", self.sync.name, label, exc)
+                landed = self._land(schema, table, changes)
+            except (TableFailed, writer.SchemaConflictError) as exc:
+                message = self._failure(label, exc)
+                result.failed[label] = self.failed[label] = message
+                log.error("%s: %s: %s", self.sync.name, label, message)
                 continue
             if landed is not None:
                 result.rows += landed.num_rows
@@ -230,6 +220,18 @@ class ChangeStream:
             result.last_lsn = batch.last_commit.commit_lsn
             result.last_commit_time = batch.last_commit.commit_time
         return result
+
+    def _failure(self, label: str, exc: Exception) -> str:
+        """Why table `label` stops. The writer knows the Delta table only: its message gets the
+        sync, the Postgres table and the exact command."""
+        if not isinstance(exc, writer.SchemaConflictError):
+            return str(exc)
+        hint = f"`reverse-etl sync {self.sync.name} --full-refresh`"
+        detail = str(exc).replace(writer.FULL_REFRESH_HINT, f"run {hint}")
+        return (
+            f"lakehouse sync {self.sync.name!r}: {label}: {detail}; this table stops here (the "
+            "others go on)"
+        )
 
     def acknowledge(self, lsn: int) -> None:
         """Tell the server everything up to `lsn` is safe in Delta (it may recycle that WAL);
@@ -422,10 +424,7 @@ class ChangeStream:
             ) from exc
         if not values:
             return mirror_changes(rows, keys)
-        merged = mirror_changes(
-            with_older_rows(rows, values, since),
-            keys,
-        )
+        merged = mirror_changes(with_older_rows(rows, values, since), keys)
         if merged.clear_first:
             return merged  # every older row is gone
         constants = {c: sql_literals.literal(v) for c, v in values.items()}
